@@ -1,0 +1,67 @@
+"""tenantstore: tenants and usage records for LLM gateways.
+
+PostgreSQL and in-memory backends with one contract, a caching API-key lookup,
+sync and async. See the README for a tour.
+"""
+
+from ._async.postgres import AsyncPostgresTenantRepository, AsyncPostgresUsageRepository
+from ._sync.postgres import PostgresTenantRepository, PostgresUsageRepository
+from .cipher import KeyCipher
+from .clock import Clock, SystemClock
+from .errors import (
+    CipherError,
+    Conflict,
+    InvalidInput,
+    StoreUnavailable,
+    TenantNotFound,
+    TenantStoreError,
+)
+from .keys import generate_api_key, hash_api_key, is_plausible_api_key
+from .memory import (
+    AsyncInMemoryTenantRepository,
+    AsyncInMemoryUsageRepository,
+    InMemoryTenantRepository,
+    InMemoryUsageRepository,
+)
+from .models import Tenant, UsageRecord
+from .pool import create_async_pool, create_pool
+from .repository import (
+    AsyncTenantRepository,
+    AsyncUsageRepository,
+    TenantRepository,
+    UsageRepository,
+)
+
+__all__ = [
+    "AsyncInMemoryTenantRepository",
+    "AsyncInMemoryUsageRepository",
+    "AsyncPostgresTenantRepository",
+    "AsyncPostgresUsageRepository",
+    "AsyncTenantRepository",
+    "AsyncUsageRepository",
+    "CipherError",
+    "Clock",
+    "Conflict",
+    "InMemoryTenantRepository",
+    "InMemoryUsageRepository",
+    "InvalidInput",
+    "KeyCipher",
+    "PostgresTenantRepository",
+    "PostgresUsageRepository",
+    "StoreUnavailable",
+    "SystemClock",
+    "Tenant",
+    "TenantNotFound",
+    "TenantRepository",
+    "TenantStoreError",
+    "UsageRecord",
+    "UsageRepository",
+    "__version__",
+    "create_async_pool",
+    "create_pool",
+    "generate_api_key",
+    "hash_api_key",
+    "is_plausible_api_key",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The I/O classes, written async; `_sync/` is generated from them."""

@@ -1,0 +1,157 @@
+"""Every SQL statement tenantstore runs, composed once with PyPika at import.
+
+Values are never formatted into SQL: each statement takes named psycopg placeholders
+(``%(name)s``) and is executed prepared. Nothing here is built per call (building a
+query with PyPika costs about as much as a database round trip). PyPika's partial
+typing stays inside this module: everything it exports is a plain `str`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from pypika import Case, CustomFunction, Interval, Order, Parameter, Table
+from pypika import PostgreSQLQuery
+from pypika import functions as fn
+from pypika.terms import LiteralValue
+
+__all__ = [
+    "TENANT_COLUMNS",
+    "USAGE_COLUMNS",
+]
+
+tenants: Any = Table("tenants")
+usage: Any = Table("usage_records")
+_fn: Any = fn
+Query: Any = PostgreSQLQuery
+
+
+def _p(name: str) -> Any:
+    return Parameter(f"%({name})s")
+
+
+_greatest = CustomFunction("GREATEST", ["a", "b"])
+
+# Order and meaning of the columns _rows.tenant_from_row reads.
+TENANT_COLUMNS: Final = (
+    "id",
+    "name",
+    "api_key_hash",
+    "budget_usd",
+    "rate_limit_rpm",
+    "allowed_models",
+    "default_provider",
+    "fallback_providers",
+    "enabled",
+    "created_at",
+    "updated_at",
+)
+_tenant_select: Final = [_fn.Cast(tenants.id, "text")] + [
+    tenants.field(c) for c in TENANT_COLUMNS[1:]
+]
+
+SELECT_ENABLED_BY_HASH: Final[str] = (
+    Query.from_(tenants)
+    .select(*_tenant_select)
+    .where(tenants.api_key_hash == _p("hash"))
+    .where(tenants.enabled == True)  # noqa: E712  (PyPika builds SQL from ==)
+    .get_sql()
+)
+
+SELECT_BY_ID: Final[str] = (
+    Query.from_(tenants).select(*_tenant_select).where(tenants.id == _p("id")).get_sql()
+)
+
+SELECT_ALL: Final[str] = (
+    Query.from_(tenants)
+    .select(*_tenant_select)
+    .orderby(tenants.created_at, order=Order.desc)
+    .orderby(tenants.id, order=Order.asc)
+    .get_sql()
+)
+
+INSERT_TENANT: Final[str] = (
+    Query.into(tenants)
+    .columns(*(tenants.field(c) for c in (*TENANT_COLUMNS, "api_key_encrypted")))
+    .insert(*(_p(c) for c in (*TENANT_COLUMNS, "api_key_encrypted")))
+    .returning(*_tenant_select)
+    .get_sql()
+)
+
+_MUTABLE = TENANT_COLUMNS[1:9]  # name .. enabled
+
+
+def _update(encrypted: Any) -> str:
+    query = Query.update(tenants)
+    for column in _MUTABLE:
+        query = query.set(tenants.field(column), _p(column))
+    return str(
+        query.set(
+            tenants.updated_at,
+            _greatest(_p("now"), tenants.updated_at + Interval(microseconds=1)),
+        )
+        .set(tenants.api_key_encrypted, encrypted)
+        .where(tenants.id == _p("id"))
+        .returning(*_tenant_select)
+        .get_sql()
+    )
+
+
+# With the plaintext key: store its new encryption (or NULL without a cipher).
+UPDATE_TENANT_SET_KEY: Final[str] = _update(_p("api_key_encrypted"))
+# Without it: keep the stored encryption while the key is unchanged, else drop it.
+UPDATE_TENANT_KEEP_KEY: Final[str] = _update(
+    Case().when(tenants.api_key_hash == _p("api_key_hash"), tenants.api_key_encrypted)
+)
+
+DELETE_TENANT: Final[str] = (
+    Query.from_(tenants).delete().where(tenants.id == _p("id")).get_sql()
+)
+
+SELECT_ENCRYPTED_KEY: Final[str] = (
+    Query.from_(tenants)
+    .select(tenants.api_key_encrypted)
+    .where(tenants.id == _p("id"))
+    .get_sql()
+)
+
+USAGE_COLUMNS: Final = (
+    "request_id",
+    "model",
+    "provider",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "cached",
+    "latency_ms",
+    "status",
+    "created_at",
+)
+
+INSERT_USAGE: Final[str] = (
+    Query.into(usage)
+    .columns(usage.tenant_id, *(usage.field(c) for c in USAGE_COLUMNS))
+    .insert(_p("tenant_id"), *(_p(c) for c in USAGE_COLUMNS))
+    .on_conflict(usage.tenant_id, usage.request_id)
+    .do_nothing()
+    .get_sql()
+)
+
+SELECT_USAGE_SINCE: Final[str] = (
+    Query.from_(usage)
+    .select(*(usage.field(c) for c in USAGE_COLUMNS))
+    .where(usage.tenant_id == _p("tenant_id"))
+    .where(usage.created_at >= _p("since"))
+    .orderby(usage.created_at, order=Order.desc)
+    # Code-point order, as in memory, whatever the database's collation.
+    .orderby(LiteralValue('"request_id" COLLATE "C"'), order=Order.asc)
+    .get_sql()
+)
+
+SELECT_TOTAL_COST_SINCE: Final[str] = (
+    Query.from_(usage)
+    .select(_fn.Coalesce(_fn.Sum(usage.cost_usd), 0))
+    .where(usage.tenant_id == _p("tenant_id"))
+    .where(usage.created_at >= _p("since"))
+    .get_sql()
+)

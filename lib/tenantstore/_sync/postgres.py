@@ -1,0 +1,226 @@
+# Generated from _async/ by tools/gen_sync.py: do not edit by hand.
+"""The PostgreSQL backend on psycopg 3 and its pool.
+
+Statements come from `_sql` (composed once) and run prepared. Single-statement reads
+and writes run as they are: on an autocommit pool connection (see `pool`) they cost
+one round trip, not a BEGIN/COMMIT pair around it. Every driver error goes through
+`_pgerrors.TRANSLATE`. Inputs are validated before any connection is taken, and a
+lookup that cannot match (a malformed id or hash) answers without a query.
+"""
+
+from __future__ import annotations
+
+import builtins
+from datetime import datetime
+from decimal import Decimal
+from typing import Final
+
+from psycopg_pool import ConnectionPool
+
+from .. import _sql
+from .._pgerrors import TRANSLATE
+from .._rows import tenant_from_row, tenant_params, usage_from_row, usage_params, utc
+from ..cipher import KeyCipher, encrypted_key_for_write
+from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import CipherError, TenantNotFound
+from ..keys import lookup_hash
+from ..models import Tenant, UsageRecord
+from ..validation import (
+    is_canonical_id,
+    is_key_hash,
+    stamped,
+    tenant_for_write,
+    usage_for_write,
+    utc_datetime,
+)
+
+__all__ = ["PostgresTenantRepository", "PostgresUsageRepository"]
+
+_ZERO: Final = Decimal("0")
+
+
+def _not_found() -> TenantNotFound:
+    return TenantNotFound("no such tenant")
+
+
+class PostgresTenantRepository:
+    """Tenants in PostgreSQL, through a psycopg pool.
+
+    `pool` should hand out autocommit connections (`create_async_pool` does);
+    `prepare=False` suits a transaction-pooling proxy that cannot keep prepared
+    statements. `clock` stamps created_at/updated_at; `cipher` encrypts keys
+    passed to writes.
+    """
+
+    __module__ = "tenantstore"
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        clock: Clock | None = None,
+        cipher: KeyCipher | None = None,
+        prepare: bool = True,
+    ) -> None:
+        self._pool = pool
+        self._clock = clock or SYSTEM_CLOCK
+        self._cipher = cipher
+        self._prepare = prepare
+
+    def get_by_api_key(self, api_key: str) -> Tenant:
+        api_key_hash = lookup_hash(api_key)
+        if api_key_hash is None:
+            raise _not_found()
+        return self._enabled_by_hash(api_key_hash)
+
+    def get_by_api_key_hash(self, api_key_hash: str) -> Tenant:
+        if not is_key_hash(api_key_hash):
+            raise _not_found()
+        return self._enabled_by_hash(api_key_hash)
+
+    def _enabled_by_hash(self, api_key_hash: str) -> Tenant:
+        with TRANSLATE, self._pool.connection() as conn:
+            cur = conn.execute(
+                _sql.SELECT_ENABLED_BY_HASH,
+                {"hash": api_key_hash},
+                prepare=self._prepare,
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise _not_found()
+        return tenant_from_row(row)
+
+    def get_by_id(self, tenant_id: str) -> Tenant:
+        if not is_canonical_id(tenant_id):
+            raise _not_found()
+        with TRANSLATE, self._pool.connection() as conn:
+            cur = conn.execute(
+                _sql.SELECT_BY_ID, {"id": tenant_id}, prepare=self._prepare
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise _not_found()
+        return tenant_from_row(row)
+
+    def list(self) -> builtins.list[Tenant]:
+        with TRANSLATE, self._pool.connection() as conn:
+            cur = conn.execute(_sql.SELECT_ALL, prepare=self._prepare)
+            rows = cur.fetchall()
+        return [tenant_from_row(row) for row in rows]
+
+    def create(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
+        tenant = tenant_for_write(tenant)
+        encrypted = encrypted_key_for_write(
+            tenant.api_key_hash, tenant.id, api_key, self._cipher
+        )
+        params = tenant_params(
+            tenant, now=utc(self._clock.now()), api_key_encrypted=encrypted
+        )
+        with TRANSLATE, self._pool.connection() as conn:
+            cur = conn.execute(_sql.INSERT_TENANT, params, prepare=self._prepare)
+            row = cur.fetchone()
+        assert row is not None
+        return tenant_from_row(row)
+
+    def update(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
+        tenant = tenant_for_write(tenant)
+        encrypted = encrypted_key_for_write(
+            tenant.api_key_hash, tenant.id, api_key, self._cipher
+        )
+        params = tenant_params(
+            tenant, now=utc(self._clock.now()), api_key_encrypted=encrypted
+        )
+        statement = (
+            _sql.UPDATE_TENANT_KEEP_KEY
+            if api_key is None
+            else _sql.UPDATE_TENANT_SET_KEY
+        )
+        with TRANSLATE, self._pool.connection() as conn:
+            cur = conn.execute(statement, params, prepare=self._prepare)
+            row = cur.fetchone()
+        if row is None:
+            raise _not_found()
+        return tenant_from_row(row)
+
+    def delete(self, tenant_id: str) -> None:
+        if not is_canonical_id(tenant_id):
+            raise _not_found()
+        with TRANSLATE, self._pool.connection() as conn:
+            cur = conn.execute(
+                _sql.DELETE_TENANT, {"id": tenant_id}, prepare=self._prepare
+            )
+            deleted = cur.rowcount
+        if deleted == 0:
+            raise _not_found()
+
+    def reveal_api_key(self, tenant_id: str) -> str | None:
+        if not is_canonical_id(tenant_id):
+            raise _not_found()
+        with TRANSLATE, self._pool.connection() as conn:
+            cur = conn.execute(
+                _sql.SELECT_ENCRYPTED_KEY, {"id": tenant_id}, prepare=self._prepare
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise _not_found()
+        if row[0] is None:
+            return None
+        if self._cipher is None:
+            raise CipherError("this repository has no KeyCipher to decrypt with")
+        return self._cipher.decrypt(row[0], tenant_id)
+
+
+class PostgresUsageRepository:
+    """Usage records in PostgreSQL; `record` is idempotent on (tenant, request)."""
+
+    __module__ = "tenantstore"
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        clock: Clock | None = None,
+        prepare: bool = True,
+    ) -> None:
+        self._pool = pool
+        self._clock = clock or SYSTEM_CLOCK
+        self._prepare = prepare
+
+    def record(self, record: UsageRecord) -> bool:
+        record = stamped(usage_for_write(record), utc(self._clock.now()))
+        with TRANSLATE, self._pool.connection() as conn:
+            cur = conn.execute(
+                _sql.INSERT_USAGE, usage_params(record), prepare=self._prepare
+            )
+            inserted = cur.rowcount
+        return inserted == 1
+
+    def get_tenant_usage(
+        self, tenant_id: str, since: datetime
+    ) -> builtins.list[UsageRecord]:
+        since = utc_datetime("since", since)
+        if not is_canonical_id(tenant_id):
+            return []
+        with TRANSLATE, self._pool.connection() as conn:
+            cur = conn.execute(
+                _sql.SELECT_USAGE_SINCE,
+                {"tenant_id": tenant_id, "since": since},
+                prepare=self._prepare,
+            )
+            rows = cur.fetchall()
+        return [usage_from_row(tenant_id, row) for row in rows]
+
+    def get_tenant_total_cost(self, tenant_id: str, since: datetime) -> Decimal:
+        since = utc_datetime("since", since)
+        if not is_canonical_id(tenant_id):
+            return _ZERO
+        with TRANSLATE, self._pool.connection() as conn:
+            cur = conn.execute(
+                _sql.SELECT_TOTAL_COST_SINCE,
+                {"tenant_id": tenant_id, "since": since},
+                prepare=self._prepare,
+            )
+            row = cur.fetchone()
+        assert row is not None
+        total: Decimal = row[0]
+        return total

@@ -1,0 +1,94 @@
+# Generated from _async/ by tools/gen_sync.py: do not edit by hand.
+"""The repository contracts as `typing.Protocol`s: tenants and usage records.
+
+Every backend (in memory, PostgreSQL, the cache) satisfies these, with the same
+results, order and errors; the differential tests hold them to it.
+"""
+
+from __future__ import annotations
+
+import builtins
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+from ..models import Tenant, UsageRecord
+
+
+class TenantRepository(Protocol):
+    """Tenants: who may call the gateway.
+
+    Lookups never raise for odd input (empty, huge, NUL, lone surrogates, not a
+    UUID): it is simply `TenantNotFound`. Writes validate first and raise
+    `InvalidInput` naming the field, before anything is written.
+    """
+
+    def get_by_api_key(self, api_key: str) -> Tenant:
+        """The enabled tenant whose key this is.
+
+        Raises `TenantNotFound` for an unknown, malformed or disabled key.
+        """
+        ...
+
+    def get_by_api_key_hash(self, api_key_hash: str) -> Tenant:
+        """As `get_by_api_key`, for callers that hashed the key already."""
+        ...
+
+    def get_by_id(self, tenant_id: str) -> Tenant:
+        """The tenant, enabled or not; `TenantNotFound` if none has this id."""
+        ...
+
+    def list(self) -> builtins.list[Tenant]:
+        """Every tenant, newest first (created_at DESC, then id ASC)."""
+        ...
+
+    def create(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
+        """Store a new tenant and return it as stored (with created_at/updated_at).
+
+        `api_key`, when given, must hash to `tenant.api_key_hash`; a repository with
+        a `KeyCipher` then stores its encryption. Raises `Conflict` when the id or
+        the key hash is taken.
+        """
+        ...
+
+    def update(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
+        """Replace the tenant's settings; created_at is kept, updated_at moves.
+
+        Raises `TenantNotFound` for an unknown id and `Conflict` when the new key
+        hash belongs to another tenant. A changed key hash without `api_key` drops
+        the stored encryption of the old key.
+        """
+        ...
+
+    def delete(self, tenant_id: str) -> None:
+        """Remove the tenant and all its usage records; `TenantNotFound` if none."""
+        ...
+
+    def reveal_api_key(self, tenant_id: str) -> str | None:
+        """The tenant's plaintext key if its encryption is stored, else None.
+
+        Needs the repository's `KeyCipher`; raises `TenantNotFound` for an unknown
+        tenant and `CipherError` for a ciphertext that is not this tenant's.
+        """
+        ...
+
+
+class UsageRepository(Protocol):
+    """Usage records: what each request consumed and cost."""
+
+    def record(self, record: UsageRecord) -> bool:
+        """Store the record; False if (tenant_id, request_id) was recorded already.
+
+        Raises `TenantNotFound` when the tenant does not exist.
+        """
+        ...
+
+    def get_tenant_usage(
+        self, tenant_id: str, since: datetime
+    ) -> builtins.list[UsageRecord]:
+        """Records with timestamp >= since, newest first, then by request_id."""
+        ...
+
+    def get_tenant_total_cost(self, tenant_id: str, since: datetime) -> Decimal:
+        """Exact sum of cost_usd since `since` (inclusive); Decimal("0") if none."""
+        ...

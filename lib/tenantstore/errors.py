@@ -1,0 +1,76 @@
+"""The exceptions tenantstore raises; nothing else ever reaches a caller.
+
+```
+TenantStoreError        base of everything we raise
+├── TenantNotFound      also LookupError
+├── Conflict            duplicate id or api_key_hash
+├── InvalidInput        also ValueError; .field names the field
+├── StoreUnavailable    unreachable, pool exhausted, timeout; __cause__ is the driver's
+└── CipherError         a stored API-key ciphertext cannot be decrypted
+```
+
+Messages name the field and the rule, never a key, a hash or a ciphertext.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CipherError",
+    "Conflict",
+    "InvalidInput",
+    "StoreUnavailable",
+    "TenantNotFound",
+    "TenantStoreError",
+]
+
+
+class TenantStoreError(Exception):
+    """Base of every error tenantstore raises.
+
+    Raised as itself only for what should not happen (an unmapped driver error,
+    a schema that was never migrated): treat it as a bug report.
+    """
+
+    __module__ = "tenantstore"
+
+
+class TenantNotFound(TenantStoreError, LookupError):
+    """No such tenant: unknown, malformed or disabled (for key lookups)."""
+
+    __module__ = "tenantstore"
+
+
+class Conflict(TenantStoreError):
+    """A write clashes with existing data: a duplicate id or api_key_hash."""
+
+    __module__ = "tenantstore"
+
+
+class InvalidInput(TenantStoreError, ValueError):
+    """A value is rejected at the domain boundary; nothing was written.
+
+    `field` names the offending field (``"budget_usd"``, ``"allowed_models[2]"``).
+    """
+
+    __module__ = "tenantstore"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.rule = message
+
+
+class StoreUnavailable(TenantStoreError):
+    """The store cannot answer now: database unreachable, pool exhausted, timeout.
+
+    The driver's exception is ``__cause__``. Retrying later may succeed.
+    """
+
+    __module__ = "tenantstore"
+
+
+class CipherError(TenantStoreError):
+    """An encrypted API key cannot be decrypted: tampered with, moved to another
+    tenant's row, or encrypted under a key that is no longer in the ring."""
+
+    __module__ = "tenantstore"

@@ -1,0 +1,103 @@
+"""API keys: generating them, checking their shape, hashing them for lookup.
+
+A generated key is ``tsk_`` + 43 base62 characters (256 random bits) + a 6-character
+base62 CRC-32 of the rest. A mistyped or forged key in this format fails the checksum
+and is rejected before it costs a hash, a cache slot or a query; the prefix makes a
+leaked key easy to scan for. Keys in other formats (imported, or issued by the Go
+service) are not checked here and authenticate by their hash alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import zlib
+from typing import Final
+
+from .errors import InvalidInput
+
+__all__ = [
+    "KEY_PREFIX",
+    "generate_api_key",
+    "hash_api_key",
+    "is_plausible_api_key",
+    "lookup_hash",
+]
+
+KEY_PREFIX: Final = "tsk_"
+_ALPHABET: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_ALPHABET_SET: Final = frozenset(_ALPHABET)
+_BODY_LEN: Final = 43  # 62**43 > 2**256
+_CHECK_LEN: Final = 6  # 62**6 > 2**32
+KEY_LENGTH: Final = len(KEY_PREFIX) + _BODY_LEN + _CHECK_LEN
+_sha256 = hashlib.sha256
+
+
+def _base62(number: int, width: int) -> str:
+    digits = []
+    for _ in range(width):
+        number, digit = divmod(number, 62)
+        digits.append(_ALPHABET[digit])
+    return "".join(reversed(digits))
+
+
+def _checksum(prefix_and_body: str) -> str:
+    return _base62(zlib.crc32(prefix_and_body.encode("ascii")), _CHECK_LEN)
+
+
+def generate_api_key() -> str:
+    """A new API key: ``tsk_`` + 256 random bits in base62 + a 6-character checksum.
+
+    Show it to its owner once and store only `hash_api_key(key)` (and, optionally,
+    its `KeyCipher` encryption).
+    """
+    body = _base62(secrets.randbits(256), _BODY_LEN)
+    head = KEY_PREFIX + body
+    return head + _checksum(head)
+
+
+def hash_api_key(api_key: str) -> str:
+    """SHA-256 of the key's UTF-8 bytes, as 64 lowercase hex digits.
+
+    This is what the stores index and what lookups compare. Raises `InvalidInput`
+    for a non-str or a str that is not valid Unicode (lone surrogates).
+    """
+    if not isinstance(api_key, str):
+        raise InvalidInput("api_key", f"must be a str, not {type(api_key).__name__}")
+    try:
+        data = api_key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("api_key", "must be valid Unicode") from None
+    return _sha256(data).hexdigest()
+
+
+def is_plausible_api_key(api_key: object) -> bool:
+    """False only for what cannot be any tenant's key; costs no hash.
+
+    A key with our prefix must have our length, alphabet and checksum. Any other
+    non-empty str may be a key of another format and is plausible.
+    """
+    if type(api_key) is not str or not api_key:
+        return False
+    if not api_key.startswith(KEY_PREFIX):
+        return True
+    if len(api_key) != KEY_LENGTH or not _ALPHABET_SET.issuperset(api_key[4:]):
+        return False
+    head = api_key[:-_CHECK_LEN]
+    return _checksum(head) == api_key[-_CHECK_LEN:]
+
+
+def lookup_hash(api_key: object) -> str | None:
+    """The hash to look a presented key up by, or None when no tenant can own it.
+
+    None for a non-str, an empty str, lone surrogates, or a key in our format whose
+    checksum fails; never raises. This is the miss path: a cache hit hashes only.
+    """
+    if not is_plausible_api_key(api_key):
+        return None
+    assert isinstance(api_key, str)
+    try:
+        data = api_key.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return _sha256(data).hexdigest()

@@ -1,0 +1,296 @@
+"""The in-memory backend: a product with the PostgreSQL backend's exact contract.
+
+Same validation, clock, order, idempotency and errors; thread-safe (writes take one
+lock, key lookups read without it). There are no built-in tenants or keys. The async
+twins call the sync methods directly: nothing here blocks beyond that short lock.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import threading
+from datetime import datetime, timedelta
+from decimal import Decimal, localcontext
+
+from ._rows import utc
+from .cipher import KeyCipher, encrypted_key_for_write
+from .clock import SYSTEM_CLOCK, Clock
+from .errors import CipherError, Conflict, TenantNotFound
+from .keys import lookup_hash
+from .models import Tenant, UsageRecord
+from .validation import (
+    is_canonical_id,
+    is_key_hash,
+    stamped,
+    tenant_for_write,
+    usage_for_write,
+    utc_datetime,
+)
+
+__all__ = [
+    "AsyncInMemoryTenantRepository",
+    "AsyncInMemoryUsageRepository",
+    "InMemoryTenantRepository",
+    "InMemoryUsageRepository",
+]
+
+_MICROSECOND = timedelta(microseconds=1)
+_ZERO = Decimal("0")
+
+
+class _State:
+    """Everything one in-memory store holds, under one lock."""
+
+    __slots__ = ("by_hash", "encrypted", "lock", "tenants", "usage")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tenants: dict[str, Tenant] = {}
+        self.by_hash: dict[str, str] = {}
+        self.encrypted: dict[str, bytes] = {}
+        self.usage: dict[str, dict[str, UsageRecord]] = {}
+
+
+def _not_found() -> TenantNotFound:
+    return TenantNotFound("no such tenant")
+
+
+class InMemoryTenantRepository:
+    """Tenants in a dict: the PostgreSQL backend's contract without a database.
+
+    `clock` stamps created_at/updated_at; `cipher` encrypts keys passed to writes.
+    """
+
+    __module__ = "tenantstore"
+
+    def __init__(
+        self, *, clock: Clock | None = None, cipher: KeyCipher | None = None
+    ) -> None:
+        self._state = _State()
+        self._clock = clock or SYSTEM_CLOCK
+        self._cipher = cipher
+
+    def get_by_api_key(self, api_key: str) -> Tenant:
+        api_key_hash = lookup_hash(api_key)
+        if api_key_hash is None:
+            raise _not_found()
+        return self._enabled_by_hash(api_key_hash)
+
+    def get_by_api_key_hash(self, api_key_hash: str) -> Tenant:
+        if not is_key_hash(api_key_hash):
+            raise _not_found()
+        return self._enabled_by_hash(api_key_hash)
+
+    def _enabled_by_hash(self, api_key_hash: str) -> Tenant:
+        state = self._state
+        tenant_id = state.by_hash.get(api_key_hash)
+        tenant = None if tenant_id is None else state.tenants.get(tenant_id)
+        # Read without the lock: re-check that the pair we read still belongs together.
+        if tenant is None or not tenant.enabled or tenant.api_key_hash != api_key_hash:
+            raise _not_found()
+        return tenant
+
+    def get_by_id(self, tenant_id: str) -> Tenant:
+        tenant = (
+            self._state.tenants.get(tenant_id) if is_canonical_id(tenant_id) else None
+        )
+        if tenant is None:
+            raise _not_found()
+        return tenant
+
+    def list(self) -> builtins.list[Tenant]:
+        with self._state.lock:
+            tenants = builtins.list(self._state.tenants.values())
+        tenants.sort(key=lambda t: t.id)
+        tenants.sort(key=lambda t: t.created_at or datetime.min, reverse=True)
+        return tenants
+
+    def create(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
+        tenant = tenant_for_write(tenant)
+        encrypted = encrypted_key_for_write(
+            tenant.api_key_hash, tenant.id, api_key, self._cipher
+        )
+        state = self._state
+        with state.lock:
+            if tenant.id in state.tenants or tenant.api_key_hash in state.by_hash:
+                raise Conflict("a tenant with this id or api_key_hash already exists")
+            now = utc(self._clock.now())
+            stored = dataclasses.replace(tenant, created_at=now, updated_at=now)
+            state.tenants[stored.id] = stored
+            state.by_hash[stored.api_key_hash] = stored.id
+            if encrypted is not None:
+                state.encrypted[stored.id] = encrypted
+            return stored
+
+    def update(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
+        tenant = tenant_for_write(tenant)
+        encrypted = encrypted_key_for_write(
+            tenant.api_key_hash, tenant.id, api_key, self._cipher
+        )
+        state = self._state
+        with state.lock:
+            old = state.tenants.get(tenant.id)
+            if old is None:
+                raise _not_found()
+            owner = state.by_hash.get(tenant.api_key_hash)
+            if owner is not None and owner != tenant.id:
+                raise Conflict("a tenant with this id or api_key_hash already exists")
+            assert old.updated_at is not None
+            stored = dataclasses.replace(
+                tenant,
+                created_at=old.created_at,
+                updated_at=max(utc(self._clock.now()), old.updated_at + _MICROSECOND),
+            )
+            if old.api_key_hash != stored.api_key_hash:
+                del state.by_hash[old.api_key_hash]
+                state.by_hash[stored.api_key_hash] = stored.id
+            state.tenants[stored.id] = stored
+            if api_key is not None or old.api_key_hash != stored.api_key_hash:
+                # A new key replaces the stored encryption; a new hash without the
+                # key makes the old encryption meaningless.
+                if encrypted is None:
+                    state.encrypted.pop(stored.id, None)
+                else:
+                    state.encrypted[stored.id] = encrypted
+            return stored
+
+    def delete(self, tenant_id: str) -> None:
+        if not is_canonical_id(tenant_id):
+            raise _not_found()
+        state = self._state
+        with state.lock:
+            tenant = state.tenants.pop(tenant_id, None)
+            if tenant is None:
+                raise _not_found()
+            del state.by_hash[tenant.api_key_hash]
+            state.encrypted.pop(tenant_id, None)
+            state.usage.pop(tenant_id, None)
+
+    def reveal_api_key(self, tenant_id: str) -> str | None:
+        self.get_by_id(tenant_id)
+        encrypted = self._state.encrypted.get(tenant_id)
+        if encrypted is None:
+            return None
+        if self._cipher is None:
+            raise CipherError("this repository has no KeyCipher to decrypt with")
+        return self._cipher.decrypt(encrypted, tenant_id)
+
+
+class InMemoryUsageRepository:
+    """Usage records kept beside `tenants`' tenants (deleting one drops its usage)."""
+
+    __module__ = "tenantstore"
+
+    def __init__(
+        self, tenants: InMemoryTenantRepository, *, clock: Clock | None = None
+    ) -> None:
+        self._state = tenants._state
+        self._clock = clock or tenants._clock
+
+    def record(self, record: UsageRecord) -> bool:
+        record = usage_for_write(record)
+        state = self._state
+        with state.lock:
+            if record.tenant_id not in state.tenants:
+                raise _not_found()
+            records = state.usage.setdefault(record.tenant_id, {})
+            if record.request_id in records:
+                return False
+            records[record.request_id] = stamped(record, utc(self._clock.now()))
+            return True
+
+    def get_tenant_usage(
+        self, tenant_id: str, since: datetime
+    ) -> builtins.list[UsageRecord]:
+        since = utc_datetime("since", since)
+        with self._state.lock:
+            records = self._state.usage.get(tenant_id)
+            found = (
+                []
+                if records is None
+                else [
+                    r
+                    for r in records.values()
+                    if r.timestamp is not None and r.timestamp >= since
+                ]
+            )
+        found.sort(key=lambda r: r.request_id)
+        found.sort(key=lambda r: r.timestamp or since, reverse=True)
+        return found
+
+    def get_tenant_total_cost(self, tenant_id: str, since: datetime) -> Decimal:
+        since = utc_datetime("since", since)
+        with self._state.lock:
+            records = self._state.usage.get(tenant_id)
+            costs = (
+                []
+                if records is None
+                else [
+                    r.cost_usd
+                    for r in records.values()
+                    if r.timestamp is not None and r.timestamp >= since
+                ]
+            )
+        if not costs:
+            return _ZERO
+        with localcontext() as exact:
+            exact.prec = 60  # far beyond any sum of numeric(20,10) values: exact
+            return sum(costs, _ZERO)
+
+
+class AsyncInMemoryTenantRepository:
+    """`InMemoryTenantRepository` for asyncio code; each call runs inline."""
+
+    __module__ = "tenantstore"
+
+    def __init__(
+        self, *, clock: Clock | None = None, cipher: KeyCipher | None = None
+    ) -> None:
+        self.sync = InMemoryTenantRepository(clock=clock, cipher=cipher)
+
+    async def get_by_api_key(self, api_key: str) -> Tenant:
+        return self.sync.get_by_api_key(api_key)
+
+    async def get_by_api_key_hash(self, api_key_hash: str) -> Tenant:
+        return self.sync.get_by_api_key_hash(api_key_hash)
+
+    async def get_by_id(self, tenant_id: str) -> Tenant:
+        return self.sync.get_by_id(tenant_id)
+
+    async def list(self) -> builtins.list[Tenant]:
+        return self.sync.list()
+
+    async def create(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
+        return self.sync.create(tenant, api_key=api_key)
+
+    async def update(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
+        return self.sync.update(tenant, api_key=api_key)
+
+    async def delete(self, tenant_id: str) -> None:
+        self.sync.delete(tenant_id)
+
+    async def reveal_api_key(self, tenant_id: str) -> str | None:
+        return self.sync.reveal_api_key(tenant_id)
+
+
+class AsyncInMemoryUsageRepository:
+    """`InMemoryUsageRepository` for asyncio code; each call runs inline."""
+
+    __module__ = "tenantstore"
+
+    def __init__(
+        self, tenants: AsyncInMemoryTenantRepository, *, clock: Clock | None = None
+    ) -> None:
+        self.sync = InMemoryUsageRepository(tenants.sync, clock=clock)
+
+    async def record(self, record: UsageRecord) -> bool:
+        return self.sync.record(record)
+
+    async def get_tenant_usage(
+        self, tenant_id: str, since: datetime
+    ) -> builtins.list[UsageRecord]:
+        return self.sync.get_tenant_usage(tenant_id, since)
+
+    async def get_tenant_total_cost(self, tenant_id: str, since: datetime) -> Decimal:
+        return self.sync.get_tenant_total_cost(tenant_id, since)

@@ -1,0 +1,69 @@
+"""The domain: `Tenant` and `UsageRecord`, frozen and slotted.
+
+Constructing one checks nothing: the repositories validate and normalise every value
+on the way in (see `validation`), identically for every backend, and return new
+instances with what the store set (`created_at`, `updated_at`, a default timestamp).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+__all__ = ["Tenant", "UsageRecord"]
+
+_ZERO = Decimal("0")
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tenant:
+    """Who may call the gateway, and within which limits.
+
+    `id` is a canonical (lowercase, hyphenated) UUID string, generated when omitted.
+    `api_key_hash` is `hash_api_key(key)`: the plaintext key is never a field.
+    `created_at` and `updated_at` are set by the store from its clock; whatever a
+    caller passes in them is ignored on create and update.
+    """
+
+    __module__ = "tenantstore"
+
+    name: str
+    api_key_hash: str = field(repr=False)
+    id: str = field(default_factory=_new_id)
+    budget_usd: Decimal = _ZERO
+    rate_limit_rpm: int = 60
+    allowed_models: tuple[str, ...] = ()
+    default_provider: str | None = None
+    fallback_providers: tuple[str, ...] = ()
+    enabled: bool = True
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageRecord:
+    """What one gateway request consumed and cost.
+
+    `(tenant_id, request_id)` identifies a record: recording it twice stores it once.
+    `timestamp` defaults to the store's clock when left as None.
+    """
+
+    __module__ = "tenantstore"
+
+    tenant_id: str
+    request_id: str
+    model: str
+    provider: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal = _ZERO
+    cached: bool = False
+    latency_ms: int = 0
+    status: str = "success"
+    timestamp: datetime | None = None
