@@ -41,6 +41,7 @@ def tenant_params(
         "id": tenant.id,
         "name": tenant.name,
         "api_key_hash": tenant.api_key_hash,
+        "same_hash": tenant.api_key_hash,
         "budget_usd": tenant.budget_usd,
         "rate_limit_rpm": tenant.rate_limit_rpm,
         "allowed_models": list(tenant.allowed_models),

@@ -10,8 +10,15 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from pypika import Case, CustomFunction, Interval, Order, Parameter, Table
-from pypika import PostgreSQLQuery
+from pypika import (
+    Case,
+    CustomFunction,
+    Interval,
+    Order,
+    Parameter,
+    PostgreSQLQuery,
+    Table,
+)
 from pypika import functions as fn
 from pypika.terms import LiteralValue
 
@@ -101,7 +108,7 @@ def _update(encrypted: Any) -> str:
 UPDATE_TENANT_SET_KEY: Final[str] = _update(_p("api_key_encrypted"))
 # Without it: keep the stored encryption while the key is unchanged, else drop it.
 UPDATE_TENANT_KEEP_KEY: Final[str] = _update(
-    Case().when(tenants.api_key_hash == _p("api_key_hash"), tenants.api_key_encrypted)
+    Case().when(tenants.api_key_hash == _p("same_hash"), tenants.api_key_encrypted)
 )
 
 DELETE_TENANT: Final[str] = (
