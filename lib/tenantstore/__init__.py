@@ -4,6 +4,8 @@ PostgreSQL and in-memory backends with one contract, a caching API-key lookup,
 sync and async. See the README for a tour.
 """
 
+import logging as _logging
+
 from ._async.postgres import AsyncPostgresTenantRepository, AsyncPostgresUsageRepository
 from ._sync.postgres import PostgresTenantRepository, PostgresUsageRepository
 from .cipher import KeyCipher
@@ -65,3 +67,6 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# A library logs; the application decides where it goes.
+_logging.getLogger("tenantstore").addHandler(_logging.NullHandler())
