@@ -20,6 +20,7 @@ import psycopg
 import psycopg_pool
 import pytest
 from psycopg import errors as pge
+from psycopg_pool import ConnectionPool
 
 from tenantstore import (
     Conflict,
@@ -30,6 +31,7 @@ from tenantstore import (
     Tenant,
     TenantNotFound,
     TenantStoreError,
+    UsageRecord,
     create_pool,
     generate_api_key,
     hash_api_key,
@@ -97,21 +99,39 @@ def test_pool_exhausted_is_unavailable(clean_db: str) -> None:
         assert repo.get_by_api_key(key).id == tenant.id
 
 
-def test_killed_connection_is_unavailable_then_recovers(clean_db: str) -> None:
+def kill_pooled_connection(pool: ConnectionPool, url: str) -> None:
+    with pool.connection() as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+
+
+def test_killed_connection_fails_a_write_and_a_read_retries(clean_db: str) -> None:
     with create_pool(clean_db, min_size=1, max_size=1) as pool:
         repo = PostgresTenantRepository(pool)
         tenant, key = new_tenant()
         repo.create(tenant)
-        with pool.connection() as conn:
-            row = conn.execute("SELECT pg_backend_pid()").fetchone()
-        assert row is not None
-        with psycopg.connect(clean_db, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+        # A write is not retried: it might have happened before the connection died.
+        kill_pooled_connection(pool, clean_db)
+        second, _ = new_tenant()
         with pytest.raises(StoreUnavailable) as info:
-            repo.get_by_api_key(key)
+            repo.create(second)
         assert isinstance(info.value.__cause__, psycopg.OperationalError)
-        # The pool discards the broken connection: the next call gets a new one.
+        # A read (idempotent) runs again once on a fresh connection.
+        kill_pooled_connection(pool, clean_db)
         assert repo.get_by_api_key(key).id == tenant.id
+        # The usage insert is idempotent too (ON CONFLICT), so it also retries.
+        kill_pooled_connection(pool, clean_db)
+        usage = PostgresUsageRepository(pool)
+        record = UsageRecord(
+            tenant_id=tenant.id, request_id="r1", model="m", provider="p"
+        )
+        assert usage.record(record) is True
+        assert (
+            len(usage.get_tenant_usage(tenant.id, datetime.min.replace(tzinfo=UTC)))
+            == 1
+        )
 
 
 def test_closed_pool_is_unavailable(clean_db: str) -> None:

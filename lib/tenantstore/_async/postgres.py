@@ -3,21 +3,23 @@
 Statements come from `_sql` (composed once) and run prepared. Single-statement reads
 and writes run as they are: on an autocommit pool connection (see `pool`) they cost
 one round trip, not a BEGIN/COMMIT pair around it. Every driver error goes through
-`_pgerrors.TRANSLATE`. Inputs are validated before any connection is taken, and a
+`_pgerrors.translate_error`. Inputs are validated before any connection is taken, and a
 lookup that cannot match (a malformed id or hash) answers without a query.
 """
 
 from __future__ import annotations
 
 import builtins
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Final
+from typing import Any, Final
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from .. import _sql
-from .._pgerrors import TRANSLATE
+from .._pgerrors import translate_error
 from .._rows import tenant_from_row, tenant_params, usage_from_row, usage_params, utc
 from ..cipher import KeyCipher, encrypted_key_for_write
 from ..clock import SYSTEM_CLOCK, Clock
@@ -40,6 +42,45 @@ _ZERO: Final = Decimal("0")
 
 def _not_found() -> TenantNotFound:
     return TenantNotFound("no such tenant")
+
+
+# What `_run` returns: the first row, all rows, or the number of rows affected.
+ONE: Final = 0
+ALL: Final = 1
+COUNT: Final = 2
+
+
+async def _run(
+    pool: AsyncConnectionPool,
+    statement: str,
+    params: Mapping[str, Any] | None,
+    fetch: int,
+    *,
+    prepare: bool,
+    retry: bool,
+) -> Any:
+    """Run one statement on a pool connection; driver errors become ours.
+
+    With `retry`, a statement whose connection turns out broken (the server
+    restarted, a proxy dropped it: the pool cannot know until it is used) runs once
+    more on a fresh connection. Only idempotent statements retry: reads, and the
+    usage insert, which ON CONFLICT makes idempotent.
+    """
+    while True:
+        conn = None
+        try:
+            async with pool.connection() as conn:
+                cur = await conn.execute(statement, params, prepare=prepare)
+                if fetch == ONE:
+                    return await cur.fetchone()
+                if fetch == ALL:
+                    return await cur.fetchall()
+                return cur.rowcount
+        except psycopg.Error as exc:
+            if retry and conn is not None and conn.broken:
+                retry = False
+                continue
+            raise translate_error(exc) from exc
 
 
 class AsyncPostgresTenantRepository:
@@ -78,14 +119,14 @@ class AsyncPostgresTenantRepository:
         return await self._enabled_by_hash(api_key_hash)
 
     async def _enabled_by_hash(self, api_key_hash: str) -> Tenant:
-        with TRANSLATE:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(
-                    _sql.SELECT_ENABLED_BY_HASH,
-                    {"hash": api_key_hash},
-                    prepare=self._prepare,
-                )
-                row = await cur.fetchone()
+        row = await _run(
+            self._pool,
+            _sql.SELECT_ENABLED_BY_HASH,
+            {"hash": api_key_hash},
+            ONE,
+            prepare=self._prepare,
+            retry=True,
+        )
         if row is None:
             raise _not_found()
         return tenant_from_row(row)
@@ -93,21 +134,22 @@ class AsyncPostgresTenantRepository:
     async def get_by_id(self, tenant_id: str) -> Tenant:
         if not is_canonical_id(tenant_id):
             raise _not_found()
-        with TRANSLATE:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(
-                    _sql.SELECT_BY_ID, {"id": tenant_id}, prepare=self._prepare
-                )
-                row = await cur.fetchone()
+        row = await _run(
+            self._pool,
+            _sql.SELECT_BY_ID,
+            {"id": tenant_id},
+            ONE,
+            prepare=self._prepare,
+            retry=True,
+        )
         if row is None:
             raise _not_found()
         return tenant_from_row(row)
 
     async def list(self) -> builtins.list[Tenant]:
-        with TRANSLATE:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(_sql.SELECT_ALL, prepare=self._prepare)
-                rows = await cur.fetchall()
+        rows = await _run(
+            self._pool, _sql.SELECT_ALL, None, ALL, prepare=self._prepare, retry=True
+        )
         return [tenant_from_row(row) for row in rows]
 
     async def create(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
@@ -118,12 +160,14 @@ class AsyncPostgresTenantRepository:
         params = tenant_params(
             tenant, now=utc(self._clock.now()), api_key_encrypted=encrypted
         )
-        with TRANSLATE:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(
-                    _sql.INSERT_TENANT, params, prepare=self._prepare
-                )
-                row = await cur.fetchone()
+        row = await _run(
+            self._pool,
+            _sql.INSERT_TENANT,
+            params,
+            ONE,
+            prepare=self._prepare,
+            retry=False,
+        )
         assert row is not None
         return tenant_from_row(row)
 
@@ -140,10 +184,9 @@ class AsyncPostgresTenantRepository:
             if api_key is None
             else _sql.UPDATE_TENANT_SET_KEY
         )
-        with TRANSLATE:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(statement, params, prepare=self._prepare)
-                row = await cur.fetchone()
+        row = await _run(
+            self._pool, statement, params, ONE, prepare=self._prepare, retry=False
+        )
         if row is None:
             raise _not_found()
         return tenant_from_row(row)
@@ -151,24 +194,28 @@ class AsyncPostgresTenantRepository:
     async def delete(self, tenant_id: str) -> None:
         if not is_canonical_id(tenant_id):
             raise _not_found()
-        with TRANSLATE:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(
-                    _sql.DELETE_TENANT, {"id": tenant_id}, prepare=self._prepare
-                )
-                deleted = cur.rowcount
+        deleted = await _run(
+            self._pool,
+            _sql.DELETE_TENANT,
+            {"id": tenant_id},
+            COUNT,
+            prepare=self._prepare,
+            retry=False,
+        )
         if deleted == 0:
             raise _not_found()
 
     async def reveal_api_key(self, tenant_id: str) -> str | None:
         if not is_canonical_id(tenant_id):
             raise _not_found()
-        with TRANSLATE:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(
-                    _sql.SELECT_ENCRYPTED_KEY, {"id": tenant_id}, prepare=self._prepare
-                )
-                row = await cur.fetchone()
+        row = await _run(
+            self._pool,
+            _sql.SELECT_ENCRYPTED_KEY,
+            {"id": tenant_id},
+            ONE,
+            prepare=self._prepare,
+            retry=True,
+        )
         if row is None:
             raise _not_found()
         if row[0] is None:
@@ -196,12 +243,14 @@ class AsyncPostgresUsageRepository:
 
     async def record(self, record: UsageRecord) -> bool:
         record = stamped(usage_for_write(record), utc(self._clock.now()))
-        with TRANSLATE:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(
-                    _sql.INSERT_USAGE, usage_params(record), prepare=self._prepare
-                )
-                inserted = cur.rowcount
+        inserted: int = await _run(
+            self._pool,
+            _sql.INSERT_USAGE,
+            usage_params(record),
+            COUNT,
+            prepare=self._prepare,
+            retry=True,
+        )
         return inserted == 1
 
     async def get_tenant_usage(
@@ -210,28 +259,28 @@ class AsyncPostgresUsageRepository:
         since = utc_datetime("since", since)
         if not is_canonical_id(tenant_id):
             return []
-        with TRANSLATE:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(
-                    _sql.SELECT_USAGE_SINCE,
-                    {"tenant_id": tenant_id, "since": since},
-                    prepare=self._prepare,
-                )
-                rows = await cur.fetchall()
+        rows = await _run(
+            self._pool,
+            _sql.SELECT_USAGE_SINCE,
+            {"tenant_id": tenant_id, "since": since},
+            ALL,
+            prepare=self._prepare,
+            retry=True,
+        )
         return [usage_from_row(tenant_id, row) for row in rows]
 
     async def get_tenant_total_cost(self, tenant_id: str, since: datetime) -> Decimal:
         since = utc_datetime("since", since)
         if not is_canonical_id(tenant_id):
             return _ZERO
-        with TRANSLATE:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(
-                    _sql.SELECT_TOTAL_COST_SINCE,
-                    {"tenant_id": tenant_id, "since": since},
-                    prepare=self._prepare,
-                )
-                row = await cur.fetchone()
+        row = await _run(
+            self._pool,
+            _sql.SELECT_TOTAL_COST_SINCE,
+            {"tenant_id": tenant_id, "since": since},
+            ONE,
+            prepare=self._prepare,
+            retry=True,
+        )
         assert row is not None
         total: Decimal = row[0]
         return total
