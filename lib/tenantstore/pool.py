@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from psycopg import AsyncConnection, Connection
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 __all__ = ["create_async_pool", "create_pool"]
@@ -17,6 +18,19 @@ __all__ = ["create_async_pool", "create_pool"]
 MAX_SIZE = 25
 MIN_SIZE = 5
 MAX_LIFETIME = 300.0
+
+
+# Sessions in UTC: psycopg then returns timestamps in `datetime.UTC` itself, and
+# turning rows into models needs no time-zone conversion.
+_SET_UTC = "SET TIME ZONE 'UTC'"
+
+
+def _configure(conn: Connection[Any]) -> None:
+    conn.execute(_SET_UTC)
+
+
+async def _aconfigure(conn: AsyncConnection[Any]) -> None:
+    await conn.execute(_SET_UTC)
 
 
 def _kwargs(connect_timeout: float) -> dict[str, Any]:
@@ -45,6 +59,7 @@ def create_pool(
         max_lifetime=max_lifetime,
         timeout=timeout,
         kwargs=_kwargs(connect_timeout),
+        configure=_configure,
         name=name,
         open=True,
     )
@@ -68,6 +83,7 @@ async def create_async_pool(
         max_lifetime=max_lifetime,
         timeout=timeout,
         kwargs=_kwargs(connect_timeout),
+        configure=_aconfigure,
         name=name,
         open=False,
     )
