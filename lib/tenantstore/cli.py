@@ -1,23 +1,42 @@
 """The command line, ``python -m tenantstore`` (or ``tenantstore``): operator tasks.
 
-``migrate up|down|status|force`` drive `tenantstore.migrate` against the database
-given by ``--database-url`` or ``$DATABASE_URL``. Commands are argparse subcommand
-groups, so others (``tenant ...``) slot in beside ``migrate``. Errors are one line on
-stderr, never a traceback: exit status 2 for usage (no database given, a bad
-argument), 1 when the work could not be done (database unreachable, dirty, a
-migration failed). Nothing here touches the database except through `migrate`.
+``migrate up|down|status|force`` drive `tenantstore.migrate`; ``tenant create|list|
+show|enable|disable|delete|rotate-key|reveal-key`` drive a `PostgresTenantRepository`
+on a one-connection pool, one pool per command. The database is ``--database-url`` or
+``$DATABASE_URL``; the optional `KeyCipher` ring is ``--cipher-keys`` or
+``$TENANTSTORE_CIPHER_KEYS``. Commands are argparse subcommand groups. Errors are one
+line on stderr, never a traceback: exit status 2 for usage (no database given, a bad
+argument, a value the domain rejects), 1 when the work could not be done (no such
+tenant, a conflict, database unreachable, dirty, a migration failed). An API key is
+printed only by ``create``, ``rotate-key`` and ``reveal-key``; a key hash never is.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import TextIO
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final, TextIO
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import PoolTimeout
 
 from . import migrate
-from .errors import InvalidInput, TenantStoreError
+from ._sync.postgres import PostgresTenantRepository
+from .cipher import KeyCipher
+from .errors import InvalidInput, StoreUnavailable, TenantNotFound, TenantStoreError
+from .keys import generate_api_key, hash_api_key
+from .models import Tenant
+from .pool import create_pool
 
 __all__ = ["build_parser", "main"]
 
@@ -51,13 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser: one subparser per command group (``migrate`` today)."""
+    """The argument parser: one subparser per command group (migrate, tenant)."""
     parser = argparse.ArgumentParser(
         prog="tenantstore",
         description="Operate a tenantstore database.",
     )
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     _add_migrate(groups)
+    _add_tenant(groups)
     return parser
 
 
@@ -156,4 +176,447 @@ def _migrate_force(args: argparse.Namespace, url: str) -> int:
         version = None
     migrate.force(url, version)
     print(f"schema_migrations now says version {args.version}, clean")
+    return 0
+
+
+# --- tenant ------------------------------------------------------------------------
+
+CIPHER_KEYS_ENV: Final = "TENANTSTORE_CIPHER_KEYS"
+
+# The option an operator typed, for each field the domain may reject.
+_OPTION_OF_FIELD: Final = {
+    "id": "--id",
+    "name": "--name",
+    "budget_usd": "--budget",
+    "rate_limit_rpm": "--rate-limit",
+    "allowed_models": "--model",
+    "default_provider": "--default-provider",
+    "fallback_providers": "--fallback",
+}
+_NAME_WIDTH: Final = 40
+
+
+def _tenant_id(value: str) -> str:
+    """An argparse type: any UUID spelling, returned in the canonical form.
+
+    The message does not echo the value: a key pasted where an id belongs must not
+    end up on a terminal or in a log.
+    """
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a UUID") from None
+
+
+def _add_tenant(
+    groups: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    common = [_database_option()]
+    ciphered = argparse.ArgumentParser(add_help=False)
+    ciphered.add_argument(
+        "--cipher-keys",
+        metavar="RING",
+        help='KeyCipher ring "id:base64key,..." (first is primary) to encrypt or '
+        f"decrypt stored API keys (default: ${CIPHER_KEYS_ENV}, which `ps` cannot "
+        "show)",
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument(
+        "--json", action="store_true", help="print JSON instead of text"
+    )
+    one = argparse.ArgumentParser(add_help=False)
+    one.add_argument("id", type=_tenant_id, metavar="ID", help="the tenant's id")
+
+    group = groups.add_parser(
+        "tenant",
+        help="create, inspect, enable, disable, delete tenants; rotate their keys",
+        description="Tenants: who may call the gateway, with which limits.",
+    )
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    create = actions.add_parser(
+        "create",
+        parents=[*common, ciphered, as_json],
+        help="create a tenant and print its new API key (shown once)",
+    )
+    create.add_argument("--name", required=True, help="display name (required)")
+    create.add_argument(
+        "--budget", metavar="USD", help="budget in US dollars (default 0)"
+    )
+    create.add_argument(
+        "--rate-limit",
+        type=int,
+        metavar="RPM",
+        help="requests per minute (default 60)",
+    )
+    create.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="an allowed model (repeat for more, order kept)",
+    )
+    create.add_argument("--default-provider", metavar="PROVIDER")
+    create.add_argument(
+        "--fallback",
+        action="append",
+        default=[],
+        metavar="PROVIDER",
+        help="a fallback provider (repeat for more, order kept)",
+    )
+    create.add_argument("--disabled", action="store_true", help="create it disabled")
+    create.add_argument(
+        "--id", type=_tenant_id, metavar="UUID", help="its id (default: a new one)"
+    )
+    create.set_defaults(handler=_tenant_create)
+
+    listing = actions.add_parser(
+        "list", parents=[*common, as_json], help="every tenant, newest first"
+    )
+    listing.set_defaults(handler=_tenant_list)
+
+    show = actions.add_parser(
+        "show", parents=[*common, as_json, one], help="one tenant's settings"
+    )
+    show.set_defaults(handler=_tenant_show)
+
+    disable = actions.add_parser(
+        "disable", parents=[*common, one], help="stop the tenant's key authenticating"
+    )
+    disable.set_defaults(handler=_tenant_disable)
+
+    enable = actions.add_parser(
+        "enable", parents=[*common, one], help="let the tenant's key authenticate again"
+    )
+    enable.set_defaults(handler=_tenant_enable)
+
+    delete = actions.add_parser(
+        "delete",
+        parents=[*common, one],
+        help="delete the tenant and its usage records (needs --yes)",
+    )
+    delete.add_argument(
+        "--yes", action="store_true", help="confirm: this cannot be undone"
+    )
+    delete.set_defaults(handler=_tenant_delete)
+
+    rotate = actions.add_parser(
+        "rotate-key",
+        parents=[*common, ciphered, as_json, one],
+        help="replace the tenant's API key and print the new one (shown once)",
+    )
+    rotate.set_defaults(handler=_tenant_rotate_key)
+
+    reveal = actions.add_parser(
+        "reveal-key",
+        parents=[*common, ciphered, one],
+        help="decrypt and print the tenant's stored API key (needs a cipher ring)",
+    )
+    reveal.set_defaults(handler=_tenant_reveal_key)
+
+
+class _ConnectFailures(logging.Filter):
+    """Keeps psycopg_pool's reconnection warnings off stderr, remembering the last.
+
+    The pool retries in the background and reports only `PoolTimeout`; the driver's
+    error (refused, bad password, no such database) is what an operator needs.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: psycopg.Error | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        errors = [a for a in args if isinstance(a, psycopg.Error)]
+        if errors and record.levelno >= logging.WARNING:
+            self.last = errors[-1]
+            return False
+        return True
+
+
+@contextmanager
+def _tenants(
+    url: str, cipher: KeyCipher | None = None
+) -> Iterator[PostgresTenantRepository]:
+    """A repository on a one-connection pool, closed when the command ends."""
+    try:
+        conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        # The driver's message may quote the string, password included: keep it out.
+        raise InvalidInput(
+            "--database-url", "is not a PostgreSQL connection string or URL"
+        ) from exc
+    failures = _ConnectFailures()
+    pool_log = logging.getLogger("psycopg.pool")
+    pool_log.addFilter(failures)
+    try:
+        with create_pool(url, min_size=1, max_size=1) as pool:
+            # One statement per connection and maybe a transaction-pooling proxy in
+            # between: preparing would cost a round trip and could fail there.
+            yield PostgresTenantRepository(pool, cipher=cipher, prepare=False)
+    except StoreUnavailable as exc:
+        last = failures.last
+        if last is None or not isinstance(exc.__cause__, PoolTimeout):
+            raise
+        # libpq's messages name the host and port, never the password.
+        reason = str(last).strip().splitlines()[0] if str(last).strip() else ""
+        raise StoreUnavailable(
+            f"cannot connect to PostgreSQL: {reason or type(last).__name__}"
+        ) from last
+    finally:
+        pool_log.removeFilter(failures)
+
+
+def _cipher(args: argparse.Namespace) -> KeyCipher | None:
+    ring: str | None = args.cipher_keys or os.environ.get(CIPHER_KEYS_ENV)
+    if not ring:
+        return None
+    try:
+        return KeyCipher.from_env(ring)
+    except InvalidInput as exc:
+        raise InvalidInput("--cipher-keys", exc.rule) from exc
+
+
+def _not_found(tenant_id: str) -> int:
+    print(f"tenantstore: error: no tenant {tenant_id}", file=sys.stderr)
+    return 1
+
+
+def _usage_error(message: str) -> int:
+    print(f"tenantstore: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _printable(text: str) -> str:
+    """`text` safe for a terminal: control and other unprintable characters escaped."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _tenant_json(tenant: Tenant) -> dict[str, Any]:
+    """A tenant as JSON-ready values: never its key hash; Decimal as a string."""
+    return {
+        "id": tenant.id,
+        "name": tenant.name,
+        "enabled": tenant.enabled,
+        "budget_usd": str(tenant.budget_usd),
+        "rate_limit_rpm": tenant.rate_limit_rpm,
+        "allowed_models": list(tenant.allowed_models),
+        "default_provider": tenant.default_provider,
+        "fallback_providers": list(tenant.fallback_providers),
+        "created_at": _iso(tenant.created_at),
+        "updated_at": _iso(tenant.updated_at),
+    }
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def _key_note(cipher: KeyCipher | None) -> str:
+    if cipher is None:
+        return (
+            "(shown once: only the key's hash is stored, so it cannot be shown "
+            "again; store it now)"
+        )
+    return (
+        "(shown once: stored encrypted under cipher key "
+        f"{cipher.primary_key_id!r}; `tenantstore tenant reveal-key` can decrypt it)"
+    )
+
+
+def _tenant_create(args: argparse.Namespace, url: str) -> int:
+    cipher = _cipher(args)
+    fields: dict[str, Any] = {
+        "name": args.name,
+        "allowed_models": tuple(args.model),
+        "fallback_providers": tuple(args.fallback),
+        "default_provider": args.default_provider,
+        "enabled": not args.disabled,
+    }
+    if args.id is not None:
+        fields["id"] = args.id
+    if args.rate_limit is not None:
+        fields["rate_limit_rpm"] = args.rate_limit
+    if args.budget is not None:
+        try:
+            fields["budget_usd"] = Decimal(args.budget)
+        except InvalidOperation:
+            return _usage_error("budget_usd: is not a number (--budget)")
+    api_key = generate_api_key()
+    try:
+        tenant = Tenant(api_key_hash=hash_api_key(api_key), **fields)
+        with _tenants(url, cipher) as tenants:
+            created = tenants.create(tenant, api_key=api_key)
+    except InvalidInput as exc:
+        option = _OPTION_OF_FIELD.get(exc.field.partition("[")[0])
+        return _usage_error(f"{exc} ({option})" if option else str(exc))
+    if args.json:
+        _print_json({"id": created.id, "api_key": api_key, **_tenant_json(created)})
+        return 0
+    print(f"created tenant {created.id} ({_printable(created.name)})")
+    print(f"api key: {api_key}")
+    print(_key_note(cipher))
+    return 0
+
+
+def _tenant_list(args: argparse.Namespace, url: str) -> int:
+    with _tenants(url) as tenants:
+        found = tenants.list()
+    if args.json:
+        _print_json([_tenant_json(t) for t in found])
+        return 0
+    if not found:
+        print("no tenants")
+        return 0
+    header = ("ID", "NAME", "ENABLED", "BUDGET_USD", "RPM", "CREATED_AT")
+    rows = [header]
+    for t in found:
+        name = _printable(t.name)
+        if len(name) > _NAME_WIDTH:
+            name = name[: _NAME_WIDTH - 1] + "…"
+        created = t.created_at.isoformat(timespec="seconds") if t.created_at else ""
+        rows.append(
+            (
+                t.id,
+                name,
+                "yes" if t.enabled else "no",
+                str(t.budget_usd),
+                str(t.rate_limit_rpm),
+                created,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    right = {3, 4}  # numbers align right
+    for row in rows:
+        cells = (
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        print("  ".join(cells).rstrip())
+    return 0
+
+
+def _tenant_show(args: argparse.Namespace, url: str) -> int:
+    try:
+        with _tenants(url) as tenants:
+            tenant = tenants.get_by_id(args.id)
+    except TenantNotFound:
+        return _not_found(args.id)
+    if args.json:
+        _print_json(_tenant_json(tenant))
+        return 0
+
+    def listed(items: tuple[str, ...]) -> str:
+        return ", ".join(_printable(i) for i in items) or "(none)"
+
+    provider = tenant.default_provider
+    lines = {
+        "id": tenant.id,
+        "name": _printable(tenant.name),
+        "enabled": "yes" if tenant.enabled else "no",
+        "budget_usd": str(tenant.budget_usd),
+        "rate_limit_rpm": str(tenant.rate_limit_rpm),
+        "allowed_models": listed(tenant.allowed_models),
+        "default_provider": "(none)" if provider is None else _printable(provider),
+        "fallback_providers": listed(tenant.fallback_providers),
+        "created_at": _iso(tenant.created_at) or "",
+        "updated_at": _iso(tenant.updated_at) or "",
+    }
+    width = max(len(label) for label in lines) + 1
+    for label, value in lines.items():
+        print(f"{label + ':':<{width}} {value}")
+    return 0
+
+
+def _set_enabled(args: argparse.Namespace, url: str, enabled: bool) -> int:
+    word = "enabled" if enabled else "disabled"
+    try:
+        with _tenants(url) as tenants:
+            tenant = tenants.get_by_id(args.id)
+            if tenant.enabled == enabled:
+                print(f"tenant {args.id} was already {word}")
+                return 0
+            tenants.update(dataclasses.replace(tenant, enabled=enabled))
+    except TenantNotFound:
+        return _not_found(args.id)
+    print(f"tenant {args.id} {word}")
+    return 0
+
+
+def _tenant_disable(args: argparse.Namespace, url: str) -> int:
+    return _set_enabled(args, url, enabled=False)
+
+
+def _tenant_enable(args: argparse.Namespace, url: str) -> int:
+    return _set_enabled(args, url, enabled=True)
+
+
+def _tenant_delete(args: argparse.Namespace, url: str) -> int:
+    if not args.yes:
+        return _usage_error(
+            f"deleting tenant {args.id} also deletes its usage records and cannot "
+            "be undone: pass --yes to confirm",
+        )
+    try:
+        with _tenants(url) as tenants:
+            tenants.delete(args.id)
+    except TenantNotFound:
+        return _not_found(args.id)
+    print(f"deleted tenant {args.id} and its usage records")
+    return 0
+
+
+def _tenant_rotate_key(args: argparse.Namespace, url: str) -> int:
+    cipher = _cipher(args)
+    api_key = generate_api_key()
+    try:
+        with _tenants(url, cipher) as tenants:
+            tenant = tenants.get_by_id(args.id)
+            # Passing the key replaces the stored encryption (or clears it when
+            # there is no cipher): an old ciphertext never outlives its key.
+            tenants.update(
+                dataclasses.replace(tenant, api_key_hash=hash_api_key(api_key)),
+                api_key=api_key,
+            )
+    except TenantNotFound:
+        return _not_found(args.id)
+    if args.json:
+        _print_json({"id": args.id, "api_key": api_key})
+        return 0
+    print(f"rotated the key of tenant {args.id}; the previous key no longer works")
+    print(f"new api key: {api_key}")
+    print(_key_note(cipher))
+    return 0
+
+
+def _tenant_reveal_key(args: argparse.Namespace, url: str) -> int:
+    cipher = _cipher(args)
+    if cipher is None:
+        return _usage_error(
+            "revealing a key needs the cipher ring it was stored with: "
+            f"pass --cipher-keys or set {CIPHER_KEYS_ENV}",
+        )
+    try:
+        with _tenants(url, cipher) as tenants:
+            api_key = tenants.reveal_api_key(args.id)
+    except TenantNotFound:
+        return _not_found(args.id)
+    if api_key is None:
+        print(
+            f"tenantstore: error: tenant {args.id} has no stored key to reveal "
+            "(it was set without a cipher ring); use rotate-key to issue a new one",
+            file=sys.stderr,
+        )
+        return 1
+    print(api_key)
     return 0
