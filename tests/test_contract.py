@@ -426,3 +426,28 @@ def test_ciphertext_moved_to_another_tenant_fails(
     assert key_a not in str(info.value)
     assert key_b not in str(info.value)
     assert repo.reveal_api_key(a.id) == key_a
+
+
+def test_update_of_a_stale_read_is_a_conflict(stores: Stores) -> None:
+    tenant, key = new_tenant()
+    read_by_one = stores.tenants.create(tenant)
+    read_by_two = stores.tenants.get_by_id(tenant.id)
+    rotated = stores.tenants.update(
+        dataclasses.replace(read_by_one, api_key_hash=hash_api_key("rotated"))
+    )
+    # The second writer read before the rotation: its write must not bring the
+    # old key back.
+    with pytest.raises(Conflict):
+        stores.tenants.update(dataclasses.replace(read_by_two, enabled=False))
+    assert stores.tenants.get_by_id(tenant.id) == rotated
+    with pytest.raises(TenantNotFound):
+        stores.tenants.get_by_api_key(key)
+    # Reading again and reapplying works; a tenant built afresh overwrites.
+    disabled = stores.tenants.update(dataclasses.replace(rotated, enabled=False))
+    assert disabled.enabled is False
+    assert (
+        stores.tenants.update(dataclasses.replace(tenant, name="Fresh")).name == "Fresh"
+    )
+    stores.tenants.delete(tenant.id)
+    with pytest.raises(TenantNotFound):
+        stores.tenants.update(disabled)

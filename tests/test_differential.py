@@ -137,6 +137,7 @@ class Differential(RuleBasedStateMachine):
             ),
         ]
         self.known: dict[str, Tenant] = {}
+        self.history: list[Tenant] = []  # every version seen, for stale updates
         # Instants that occur in the stores, so `since` hits them exactly.
         self.times: list[datetime] = [self.clock.now()]
 
@@ -282,6 +283,16 @@ class Differential(RuleBasedStateMachine):
         api_key = key if pass_key and change_key else None
         kind, value = self.agree(lambda b: b.tenants.update(changed, api_key=api_key))
         if kind == "ok":
+            self.history.append(current)
+            self.known[value.id] = value
+
+    @precondition(lambda self: bool(self.history))
+    @rule(data=st.data(), enabled=st.booleans())
+    def update_stale(self, data: st.DataObject, enabled: bool) -> None:
+        old = data.draw(st.sampled_from(self.history))
+        stale = dataclasses.replace(old, enabled=enabled)
+        kind, value = self.agree(lambda b: b.tenants.update(stale))
+        if kind == "ok":  # only when no other update happened to it since
             self.known[value.id] = value
 
     @rule(tenant_id=s.ids, name=s.valid_names)

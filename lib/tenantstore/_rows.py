@@ -74,7 +74,11 @@ def tenant_from_row(row: tuple[Any, ...]) -> Tenant:
 
 
 def tenant_params(
-    tenant: Tenant, *, now: datetime, api_key_encrypted: bytes | None
+    tenant: Tenant,
+    *,
+    now: datetime,
+    api_key_encrypted: bytes | None,
+    expected: datetime | None = None,
 ) -> dict[str, Any]:
     """Parameters of INSERT_TENANT / UPDATE_TENANT_* for a validated tenant."""
     return {
@@ -92,6 +96,7 @@ def tenant_params(
         "updated_at": now,
         "now": now,
         "api_key_encrypted": api_key_encrypted,
+        "expected": expected,
     }
 
 

@@ -88,28 +88,42 @@ INSERT_TENANT: Final[str] = (
 _MUTABLE = TENANT_COLUMNS[1:9]  # name .. enabled
 
 
-def _update(encrypted: Any) -> str:
+def _update(encrypted: Any, *, versioned: bool) -> str:
     query = Query.update(tenants)
     for column in _MUTABLE:
         query = query.set(tenants.field(column), _p(column))
-    return str(
+    query = (
         query.set(
             tenants.updated_at,
             _greatest(_p("now"), tenants.updated_at + Interval(microseconds=1)),
         )
         .set(tenants.api_key_encrypted, encrypted)
         .where(tenants.id == _p("id"))
-        .returning(*_tenant_select)
-        .get_sql()
     )
+    if versioned:
+        query = query.where(tenants.updated_at == _p("expected"))
+    return str(query.returning(*_tenant_select).get_sql())
 
 
+# Each UPDATE comes plain and "versioned": applied only while updated_at still has
+# the value the caller read (optimistic concurrency, see `update`).
 # With the plaintext key: store its new encryption (or NULL without a cipher).
-UPDATE_TENANT_SET_KEY: Final[str] = _update(_p("api_key_encrypted"))
+_SET_KEY = _p("api_key_encrypted")
+UPDATE_TENANT_SET_KEY: Final[str] = _update(_SET_KEY, versioned=False)
+UPDATE_TENANT_SET_KEY_VERSIONED: Final[str] = _update(_SET_KEY, versioned=True)
 # Without it: keep the stored encryption while the key is unchanged, else drop it.
-UPDATE_TENANT_KEEP_KEY: Final[str] = _update(
-    Case().when(tenants.api_key_hash == _p("same_hash"), tenants.api_key_encrypted)
+_KEEP_KEY = Case().when(
+    tenants.api_key_hash == _p("same_hash"), tenants.api_key_encrypted
 )
+UPDATE_TENANT_KEEP_KEY: Final[str] = _update(_KEEP_KEY, versioned=False)
+UPDATE_TENANT_KEEP_KEY_VERSIONED: Final[str] = _update(_KEEP_KEY, versioned=True)
+# (SET key?, versioned?) -> statement
+UPDATE_TENANT: Final[dict[tuple[bool, bool], str]] = {
+    (True, False): UPDATE_TENANT_SET_KEY,
+    (True, True): UPDATE_TENANT_SET_KEY_VERSIONED,
+    (False, False): UPDATE_TENANT_KEEP_KEY,
+    (False, True): UPDATE_TENANT_KEEP_KEY_VERSIONED,
+}
 
 DELETE_TENANT: Final[str] = (
     Query.from_(tenants).delete().where(tenants.id == _p("id")).get_sql()

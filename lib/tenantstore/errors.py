@@ -69,6 +69,12 @@ class StoreUnavailable(TenantStoreError):
     __module__ = "tenantstore"
 
 
+MODIFIED = (
+    "the tenant changed since it was read (its updated_at differs): "
+    "read it again and reapply the change"
+)
+
+
 class CipherError(TenantStoreError):
     """An encrypted API key cannot be decrypted: tampered with, moved to another
     tenant's row, or encrypted under a key that is no longer in the ring."""

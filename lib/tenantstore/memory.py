@@ -16,10 +16,11 @@ from decimal import Decimal, localcontext
 from ._rows import utc
 from .cipher import KeyCipher, encrypted_key_for_write
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import CipherError, Conflict, TenantNotFound
+from .errors import MODIFIED, CipherError, Conflict, TenantNotFound
 from .keys import lookup_hash
 from .models import Tenant, UsageRecord
 from .validation import (
+    expected_version,
     is_canonical_id,
     is_key_hash,
     stamped,
@@ -124,6 +125,7 @@ class InMemoryTenantRepository:
             return stored
 
     def update(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
+        expected = expected_version(tenant)
         tenant = tenant_for_write(tenant)
         encrypted = encrypted_key_for_write(
             tenant.api_key_hash, tenant.id, api_key, self._cipher
@@ -133,6 +135,8 @@ class InMemoryTenantRepository:
             old = state.tenants.get(tenant.id)
             if old is None:
                 raise _not_found()
+            if expected is not None and old.updated_at != expected:
+                raise Conflict(MODIFIED)
             owner = state.by_hash.get(tenant.api_key_hash)
             if owner is not None and owner != tenant.id:
                 raise Conflict("a tenant with this id or api_key_hash already exists")

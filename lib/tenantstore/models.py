@@ -27,8 +27,9 @@ class Tenant:
 
     `id` is a canonical (lowercase, hyphenated) UUID string, generated when omitted.
     `api_key_hash` is `hash_api_key(key)`: the plaintext key is never a field.
-    `created_at` and `updated_at` are set by the store from its clock; whatever a
-    caller passes in them is ignored on create and update.
+    `created_at` and `updated_at` are set by the store from its clock. On create
+    both are ignored; on update `updated_at`, when set, is the version the caller
+    read: the update applies only if the store still has it (else `Conflict`).
     """
 
     __module__ = "tenantstore"

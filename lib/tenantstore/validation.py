@@ -188,6 +188,17 @@ def tenant_for_write(tenant: object) -> Tenant:
     )
 
 
+def expected_version(tenant: Tenant) -> datetime | None:
+    """The `updated_at` an update must still find in the store, if the caller has one.
+
+    A tenant read from a store carries its `updated_at`; passing it back to `update`
+    makes the update conditional on nobody having changed the tenant since.
+    """
+    if tenant.updated_at is None:
+        return None
+    return utc_datetime("updated_at", tenant.updated_at)
+
+
 def usage_for_write(record: object) -> UsageRecord:
     """Validate and normalise a usage record; `timestamp` may stay None."""
     if not isinstance(record, UsageRecord):

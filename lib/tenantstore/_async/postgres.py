@@ -23,10 +23,11 @@ from .._pgerrors import translate_error
 from .._rows import tenant_from_row, tenant_params, usage_from_row, usage_params, utc
 from ..cipher import KeyCipher, encrypted_key_for_write
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import CipherError, TenantNotFound
+from ..errors import MODIFIED, CipherError, Conflict, TenantNotFound
 from ..keys import lookup_hash
 from ..models import Tenant, UsageRecord
 from ..validation import (
+    expected_version,
     is_canonical_id,
     is_key_hash,
     stamped,
@@ -42,6 +43,10 @@ _ZERO: Final = Decimal("0")
 
 def _not_found() -> TenantNotFound:
     return TenantNotFound("no such tenant")
+
+
+def _modified() -> Conflict:
+    return Conflict(MODIFIED)
 
 
 # What `_run` returns: the first row, all rows, or the number of rows affected.
@@ -172,22 +177,25 @@ class AsyncPostgresTenantRepository:
         return tenant_from_row(row)
 
     async def update(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
+        expected = expected_version(tenant)
         tenant = tenant_for_write(tenant)
         encrypted = encrypted_key_for_write(
             tenant.api_key_hash, tenant.id, api_key, self._cipher
         )
         params = tenant_params(
-            tenant, now=utc(self._clock.now()), api_key_encrypted=encrypted
+            tenant,
+            now=utc(self._clock.now()),
+            api_key_encrypted=encrypted,
+            expected=expected,
         )
-        statement = (
-            _sql.UPDATE_TENANT_KEEP_KEY
-            if api_key is None
-            else _sql.UPDATE_TENANT_SET_KEY
-        )
+        statement = _sql.UPDATE_TENANT[api_key is not None, expected is not None]
         row = await _run(
             self._pool, statement, params, ONE, prepare=self._prepare, retry=False
         )
         if row is None:
+            if expected is not None:
+                await self.get_by_id(tenant.id)  # TenantNotFound if it is gone
+                raise _modified()
             raise _not_found()
         return tenant_from_row(row)
 

@@ -57,6 +57,12 @@ class TenantRepository(Protocol):
         Raises `TenantNotFound` for an unknown id and `Conflict` when the new key
         hash belongs to another tenant. A changed key hash without `api_key` drops
         the stored encryption of the old key.
+
+        Optimistic concurrency: when `tenant.updated_at` is set (a tenant read from
+        the store, modified with `dataclasses.replace`), the update applies only if
+        the stored tenant still has that `updated_at`, else `Conflict` — so a
+        read-modify-write cannot silently undo a concurrent change such as a key
+        rotation or a disable. A tenant built without `updated_at` overwrites.
         """
         ...
 
