@@ -56,7 +56,13 @@ def translate_error(exc: psycopg.Error) -> TenantStoreError:
         field = diag.column_name or diag.constraint_name or "value"
         return InvalidInput(field, "rejected by the database")
     if isinstance(exc, _UNAVAILABLE):
-        return StoreUnavailable(f"the database is unavailable ({type(exc).__name__})")
+        # The driver's first line says why (refused, timed out, terminated); it
+        # carries no parameter values, unlike data errors' messages.
+        lines = str(exc).strip().splitlines()
+        reason = f": {lines[0]}" if lines else ""
+        return StoreUnavailable(
+            f"the database is unavailable ({type(exc).__name__}{reason})"
+        )
     if isinstance(exc, _SCHEMA):
         return TenantStoreError(_SCHEMA_HINT)
     return TenantStoreError(f"unexpected database error ({type(exc).__name__})")
