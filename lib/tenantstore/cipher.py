@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import CipherError, InvalidInput
 from .keys import hash_api_key
+from .validation import utf8
 
 __all__ = ["KeyCipher", "encrypted_key_for_write"]
 
@@ -50,12 +51,15 @@ class KeyCipher:
         if not keys:
             raise InvalidInput("keys", "the ring needs at least one key")
         aeads: dict[bytes, AESGCM] = {}
-        for key_id, key in keys.items():
-            if not isinstance(key_id, str) or not 0 < len(key_id.encode()) < 256:
+        for position, (key_id, key) in enumerate(keys.items()):
+            encoded = _utf8(key_id, "keys") if isinstance(key_id, str) else b""
+            if not 0 < len(encoded) < 256:
                 raise InvalidInput("keys", "key ids are non-empty str of < 256 bytes")
             if not isinstance(key, bytes | bytearray) or len(key) != 32:
-                raise InvalidInput("keys", f"key {key_id!r} must be exactly 32 bytes")
-            aeads[key_id.encode()] = AESGCM(bytes(key))
+                raise InvalidInput(
+                    "keys", f"the key at position {position} must be exactly 32 bytes"
+                )
+            aeads[encoded] = AESGCM(bytes(key))
         if primary is None:
             primary = next(iter(keys))
         if primary not in keys:
@@ -72,14 +76,22 @@ class KeyCipher:
     def from_env(cls, value: str) -> KeyCipher:
         """A ring from ``"id1:base64key1,id2:base64key2"``; the first is primary."""
         keys: dict[str, bytes] = {}
-        for item in value.split(","):
+        # Messages give positions, never ids or keys: a swapped "key:id" pair
+        # would otherwise print key material.
+        for position, item in enumerate(value.split(",")):
             key_id, sep, encoded = item.strip().partition(":")
             if not sep:
                 raise InvalidInput("keys", "expected id:base64key entries")
+            if key_id in keys:
+                raise InvalidInput(
+                    "keys", f"the id at position {position} appears twice"
+                )
             try:
                 keys[key_id] = base64.b64decode(encoded, validate=True)
             except ValueError:
-                raise InvalidInput("keys", f"key {key_id!r} is not base64") from None
+                raise InvalidInput(
+                    "keys", f"the key at position {position} is not base64"
+                ) from None
         return cls(keys)
 
     @property
@@ -90,7 +102,9 @@ class KeyCipher:
         """The key encrypted under the primary key, bound to `tenant_id`."""
         nonce = os.urandom(_NONCE_LEN)
         sealed = self._aeads[self._primary].encrypt(
-            nonce, api_key.encode("utf-8"), _AAD_PREFIX + tenant_id.encode()
+            nonce,
+            _utf8(api_key, "api_key"),
+            _AAD_PREFIX + _utf8(tenant_id, "tenant_id"),
         )
         return bytes((_VERSION, len(self._primary))) + self._primary + nonce + sealed
 
@@ -101,7 +115,9 @@ class KeyCipher:
         if aead is None:
             raise CipherError("the encryption key of this message is not in the ring")
         try:
-            plain = aead.decrypt(nonce, sealed, _AAD_PREFIX + tenant_id.encode())
+            plain = aead.decrypt(
+                nonce, sealed, _AAD_PREFIX + _utf8(tenant_id, "tenant_id")
+            )
         except InvalidTag:
             raise CipherError(
                 "the message was tampered with or belongs to another tenant"
@@ -110,7 +126,10 @@ class KeyCipher:
 
     def key_id_of(self, message: bytes) -> str:
         """The id of the ring key a message was encrypted with."""
-        return self._split(message)[0].decode()
+        try:
+            return self._split(message)[0].decode()
+        except UnicodeDecodeError:
+            raise CipherError("the message's key id is damaged") from None
 
     def reencrypt(self, message: bytes, tenant_id: str) -> bytes:
         """The same key encrypted under the primary key (for master-key rotation)."""
@@ -135,6 +154,12 @@ class KeyCipher:
     def __repr__(self) -> str:
         ids = ", ".join(k.decode() for k in self._aeads)
         return f"KeyCipher(key_ids=[{ids}], primary={self.primary_key_id!r})"
+
+
+def _utf8(text: str, field: str) -> bytes:
+    if not isinstance(text, str):
+        raise InvalidInput(field, "must be a str")
+    return utf8(field, text)
 
 
 def encrypted_key_for_write(

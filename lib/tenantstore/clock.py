@@ -25,6 +25,9 @@ class Clock(Protocol):
         ...
 
 
+Clock.__module__ = "tenantstore"
+
+
 class SystemClock:
     """The real clock: `datetime.now(UTC)` and `time.monotonic()`."""
 

@@ -59,6 +59,10 @@ class InvalidInput(TenantStoreError, ValueError):
         self.field = field
         self.rule = message
 
+    def __reduce__(self) -> tuple[type[InvalidInput], tuple[str, str]]:
+        # args holds the formatted message; rebuild from the two parts instead.
+        return (type(self), (self.field, self.rule))
+
 
 class StoreUnavailable(TenantStoreError):
     """The store cannot answer now: database unreachable, pool exhausted, timeout.

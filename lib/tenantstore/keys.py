@@ -16,6 +16,7 @@ import zlib
 from typing import Final
 
 from .errors import InvalidInput
+from .validation import utf8
 
 __all__ = [
     "KEY_PREFIX",
@@ -71,11 +72,7 @@ def hash_api_key(api_key: str) -> str:
     """
     if not isinstance(api_key, str):
         raise InvalidInput("api_key", f"must be a str, not {type(api_key).__name__}")
-    try:
-        data = api_key.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput("api_key", "must be valid Unicode") from None
-    return _sha256(data).hexdigest()
+    return _sha256(utf8("api_key", api_key)).hexdigest()
 
 
 def is_plausible_api_key(api_key: object) -> bool:

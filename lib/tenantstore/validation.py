@@ -64,6 +64,19 @@ def canonical_id(field: str, value: object) -> str:
     return value
 
 
+def utf8(field: str, value: str) -> bytes:
+    """`value` encoded as UTF-8; `InvalidInput` for lone surrogates.
+
+    Raised outside the handler on purpose: a UnicodeEncodeError's args hold the
+    whole string (an API key, perhaps) and must not ride along as __context__.
+    """
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    raise InvalidInput(field, "must be valid Unicode (no lone surrogates)")
+
+
 def text(field: str, value: object, limit: int, *, allow_blank: bool = True) -> str:
     """A str of at most `limit` characters, without NUL, encodable as UTF-8."""
     if not isinstance(value, str):
@@ -72,12 +85,7 @@ def text(field: str, value: object, limit: int, *, allow_blank: bool = True) -> 
         raise InvalidInput(field, f"must be at most {limit} characters")
     if "\x00" in value:
         raise InvalidInput(field, "must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput(
-            field, "must be valid Unicode (no lone surrogates)"
-        ) from None
+    utf8(field, value)
     if not allow_blank and not value.strip():
         raise InvalidInput(field, "must not be blank")
     return str(value)
@@ -138,8 +146,9 @@ def money(field: str, value: object, step: Decimal, maximum: Decimal) -> Decimal
         raise InvalidInput(field, "must be finite (not NaN or infinity)")
     if amount < 0:
         raise InvalidInput(field, "must not be negative")
-    if amount > maximum:
+    if amount >= maximum + 1:  # also keeps quantize within the context's precision
         raise InvalidInput(field, f"must be at most {maximum}")
+    # Compared after rounding: 99999999.994 is a valid budget of 99999999.99.
     quantized = amount.quantize(step, rounding=ROUND_HALF_EVEN)
     if quantized > maximum:
         raise InvalidInput(field, f"must be at most {maximum}")

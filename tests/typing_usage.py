@@ -1,0 +1,221 @@
+"""A typical program using tenantstore, as its users write it; `mypy --strict` must
+accept it unchanged (tests/test_typing.py). Importing it runs nothing.
+
+`in_memory_gateway` and `async_in_memory_gateway` also run in the tests; the
+PostgreSQL functions are only type-checked (they need a database).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from tenantstore import (
+    AsyncInMemoryTenantRepository,
+    AsyncInMemoryUsageRepository,
+    AsyncPostgresTenantRepository,
+    AsyncPostgresUsageRepository,
+    AsyncTenantRepository,
+    AsyncUsageRepository,
+    CipherError,
+    Clock,
+    Conflict,
+    InMemoryTenantRepository,
+    InMemoryUsageRepository,
+    InvalidInput,
+    KeyCipher,
+    PostgresTenantRepository,
+    PostgresUsageRepository,
+    StoreUnavailable,
+    SystemClock,
+    Tenant,
+    TenantNotFound,
+    TenantRepository,
+    UsageRecord,
+    UsageRepository,
+    create_async_pool,
+    create_pool,
+    generate_api_key,
+    hash_api_key,
+    is_plausible_api_key,
+)
+
+
+class FixedClock:
+    """A user's own clock: anything with `now()` and `monotonic()` is a Clock."""
+
+    def __init__(self, now: datetime) -> None:
+        self._now = now
+
+    def now(self) -> datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return 0.0
+
+
+def provision(tenants: TenantRepository, name: str) -> tuple[Tenant, str]:
+    """Create a tenant; the key is shown once and only its hash is stored."""
+    api_key: str = generate_api_key()
+    assert is_plausible_api_key(api_key)
+    tenant = tenants.create(
+        Tenant(
+            name=name,
+            api_key_hash=hash_api_key(api_key),
+            budget_usd=Decimal("100.00"),
+            rate_limit_rpm=600,
+            allowed_models=("gpt-4o", "claude-3"),
+            default_provider="openai",
+            fallback_providers=("anthropic",),
+        ),
+        api_key=api_key,
+    )
+    return tenant, api_key
+
+
+def authenticate(tenants: TenantRepository, api_key: str) -> Tenant | None:
+    try:
+        return tenants.get_by_api_key(api_key)
+    except TenantNotFound:
+        return None
+
+
+def charge(
+    usage: UsageRepository, tenant: Tenant, request_id: str, cost: Decimal
+) -> bool:
+    return usage.record(
+        UsageRecord(
+            tenant_id=tenant.id,
+            request_id=request_id,
+            model="gpt-4o",
+            provider="openai",
+            input_tokens=1200,
+            output_tokens=300,
+            cost_usd=cost,
+            latency_ms=420,
+        )
+    )
+
+
+def over_budget(usage: UsageRepository, tenant: Tenant, days: int = 30) -> bool:
+    since = datetime.now(UTC) - timedelta(days=days)
+    spent: Decimal = usage.get_tenant_total_cost(tenant.id, since)
+    return spent > tenant.budget_usd
+
+
+def in_memory_gateway() -> Decimal:
+    """The whole request path on the in-memory backend; returns the total cost."""
+    cipher = KeyCipher({"2026-11": KeyCipher.generate_key()})
+    clock: Clock = SystemClock()
+    store = InMemoryTenantRepository(clock=clock, cipher=cipher)
+    tenants: TenantRepository = store
+    usage: UsageRepository = InMemoryUsageRepository(store)
+
+    tenant, api_key = provision(tenants, "Acme")
+    found = authenticate(tenants, api_key)
+    assert found is not None
+    assert found.id == tenant.id
+    assert authenticate(tenants, "tsk_forged") is None
+
+    assert charge(usage, found, "req-1", Decimal("0.0125"))
+    assert not charge(usage, found, "req-1", Decimal("0.0125"))  # idempotent
+    assert charge(usage, found, "req-2", Decimal("0.5"))
+    assert not over_budget(usage, found)
+
+    since = datetime.now(UTC) - timedelta(hours=1)
+    records: list[UsageRecord] = usage.get_tenant_usage(found.id, since)
+    assert sorted(r.request_id for r in records) == ["req-1", "req-2"]
+    total: Decimal = usage.get_tenant_total_cost(found.id, since)
+
+    revealed: str | None = tenants.reveal_api_key(found.id)
+    assert revealed == api_key
+
+    disabled = tenants.update(dataclasses.replace(found, enabled=False))
+    assert authenticate(tenants, api_key) is None
+    assert tenants.get_by_id(disabled.id).enabled is False
+    listed: list[Tenant] = tenants.list()
+    assert len(listed) == 1
+
+    try:
+        tenants.create(Tenant(name=" ", api_key_hash=hash_api_key(generate_api_key())))
+    except InvalidInput as error:
+        field: str = error.field
+        assert field == "name"
+    else:
+        raise AssertionError("a blank name was accepted")
+
+    try:
+        tenants.create(dataclasses.replace(found, name="Copy"))
+    except Conflict:
+        pass
+    else:
+        raise AssertionError("a duplicate id was accepted")
+
+    try:
+        cipher.decrypt(b"\x01\x00" + bytes(28), tenant_id=found.id)
+    except CipherError:
+        pass
+    else:
+        raise AssertionError("garbage decrypted")
+
+    tenants.delete(found.id)
+    try:
+        tenants.get_by_id(found.id)
+    except TenantNotFound:
+        return total
+    raise AssertionError("a deleted tenant was found")
+
+
+async def async_in_memory_gateway() -> Decimal:
+    store = AsyncInMemoryTenantRepository(
+        clock=FixedClock(datetime(2026, 11, 1, tzinfo=UTC))
+    )
+    tenants: AsyncTenantRepository = store
+    usage: AsyncUsageRepository = AsyncInMemoryUsageRepository(store)
+    api_key = generate_api_key()
+    tenant = await tenants.create(
+        Tenant(name="Acme", api_key_hash=hash_api_key(api_key))
+    )
+    found = await tenants.get_by_api_key(api_key)
+    recorded: bool = await usage.record(
+        UsageRecord(
+            tenant_id=found.id,
+            request_id="r",
+            model="m",
+            provider="p",
+            cost_usd=Decimal("1.25"),
+        )
+    )
+    assert recorded
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    return await usage.get_tenant_total_cost(tenant.id, since)
+
+
+def postgres_repositories(conninfo: str) -> tuple[TenantRepository, UsageRepository]:
+    """What a gateway builds at start-up (needs a database: type-checked only)."""
+    pool = create_pool(conninfo)
+    cipher = KeyCipher.from_env(os.environ["TENANTSTORE_KEY_RING"])
+    tenants = PostgresTenantRepository(pool, clock=SystemClock(), cipher=cipher)
+    usage = PostgresUsageRepository(pool)
+    return tenants, usage
+
+
+def postgres_lookup(tenants: PostgresTenantRepository, api_key: str) -> Tenant | None:
+    try:
+        return tenants.get_by_api_key(api_key)
+    except TenantNotFound:
+        return None
+    except StoreUnavailable as error:
+        cause: BaseException | None = error.__cause__
+        raise RuntimeError("tenant store down") from cause
+
+
+async def async_postgres_repositories(
+    conninfo: str,
+) -> tuple[AsyncTenantRepository, AsyncUsageRepository]:
+    pool = await create_async_pool(conninfo, max_size=10)
+    tenants = AsyncPostgresTenantRepository(pool)
+    usage = AsyncPostgresUsageRepository(pool, clock=SystemClock())
+    return tenants, usage
