@@ -52,6 +52,13 @@ def pool(clean_db: str) -> Iterator[ConnectionPool]:
         yield p
 
 
+@pytest.fixture(scope="session")
+def session_pool(pg_url: str) -> Iterator[ConnectionPool]:
+    """One pool for hypothesis tests, whose examples truncate for themselves."""
+    with create_pool(pg_url, min_size=1, max_size=4) as p:
+        yield p
+
+
 @pytest.fixture
 def runner() -> Iterator[asyncio.Runner]:
     with asyncio.Runner() as r:

@@ -30,7 +30,9 @@ from tenantstore.errors import InvalidInput, StoreUnavailable
 
 Sql: TypeAlias = LiteralString | sql.SQL | sql.Composed
 
-LATEST = 3
+LATEST = 4
+ALL = list(range(1, LATEST + 1))
+AFTER_1 = ALL[1:]
 ORIGINAL_TABLES = {"tenants", "usage_records", "admin_users"}
 
 
@@ -152,7 +154,12 @@ def copy_shipped(directory: Path, *versions: int) -> None:
 
 def test_available_lists_the_shipped_migrations_in_order() -> None:
     found = [(m.version, m.name) for m in migrate.available()]
-    assert found == [(1, "initial"), (2, "contract"), (3, "tenant_notify")]
+    assert found == [
+        (1, "initial"),
+        (2, "contract"),
+        (3, "tenant_notify"),
+        (4, "usage_daily_totals"),
+    ]
     assert all(m.up.strip() and m.down.strip() for m in migrate.available())
 
 
@@ -281,7 +288,7 @@ def test_initial_migration_is_the_original_schema(fresh_db: str) -> None:
 def test_status_of_a_new_database_reads_only(fresh_db: str) -> None:
     state = migrate.status(fresh_db)
     assert (state.version, state.dirty, state.latest) == (None, False, LATEST)
-    assert [m.version for m in state.pending] == [1, 2, 3]
+    assert [m.version for m in state.pending] == ALL
     assert not state.up_to_date
     assert tables(fresh_db) == set()
 
@@ -289,27 +296,27 @@ def test_status_of_a_new_database_reads_only(fresh_db: str) -> None:
 def test_up_down_up_round_trip_leaves_identical_schemas(fresh_db: str) -> None:
     assert migrate.up(fresh_db, 1) == [1]
     at_1 = schema(fresh_db)
-    assert migrate.up(fresh_db) == [2, 3]
+    assert migrate.up(fresh_db) == AFTER_1
     at_3 = schema(fresh_db)
     assert migrate.status(fresh_db).up_to_date
     assert migrate.up(fresh_db) == []
 
-    assert migrate.down(fresh_db, 2) == [3, 2]
+    assert migrate.down(fresh_db, LATEST - 1) == AFTER_1[::-1]
     assert version_row(fresh_db) == [(1, False)]
     assert schema(fresh_db) == at_1
 
-    assert migrate.up(fresh_db) == [2, 3]
+    assert migrate.up(fresh_db) == AFTER_1
     assert schema(fresh_db) == at_3
 
-    assert migrate.down(fresh_db, None) == [3, 2, 1]
+    assert migrate.down(fresh_db, None) == ALL[::-1]
     assert tables(fresh_db) == {"schema_migrations"}
     # golang-migrate's "no version": an empty table, not a row.
     assert version_row(fresh_db) == []
     assert migrate.down(fresh_db) == []
 
-    assert migrate.up(fresh_db) == [1, 2, 3]
+    assert migrate.up(fresh_db) == ALL
     assert schema(fresh_db) == at_3
-    assert version_row(fresh_db) == [(3, False)]
+    assert version_row(fresh_db) == [(LATEST, False)]
 
 
 def test_up_to_a_target_and_down_by_steps(fresh_db: str) -> None:
@@ -390,14 +397,31 @@ def test_upgrade_of_a_database_the_go_service_wrote(fresh_db: str) -> None:
     before = rows(fresh_db, sql.SQL(identity).format(sql.Identifier("usage_records")))
 
     notices: list[migrate.Notice] = []
-    assert migrate.up(fresh_db, on_notice=notices.append) == [2, 3]
+    assert migrate.up(fresh_db, on_notice=notices.append) == AFTER_1
 
-    assert version_row(fresh_db) == [(3, False)]
+    assert version_row(fresh_db) == [(LATEST, False)]
     moved = [n for n in notices if n.file == "002_contract.up.sql"]
     assert [n.message for n in moved] == [
         "moved 4 duplicate usage_records row(s) (same tenant_id and request_id)"
         " to usage_records_duplicates"
     ]
+    # 004 backfilled the daily totals from the rows that stayed.
+    by_rows = rows(
+        fresh_db,
+        sql.SQL(
+            "SELECT tenant_id::text, (created_at AT TIME ZONE 'UTC')::date,"
+            " sum(cost_usd), count(*) FROM usage_records GROUP BY 1, 2 ORDER BY 1, 2"
+        ),
+    )
+    by_totals = rows(
+        fresh_db,
+        sql.SQL(
+            "SELECT tenant_id::text, day, cost_usd, records"
+            " FROM usage_daily_totals ORDER BY 1, 2"
+        ),
+    )
+    assert by_totals == by_rows
+    assert by_rows
     # Nothing lost: every row is in one of the two tables, cost unchanged.
     kept = rows(fresh_db, sql.SQL(identity).format(sql.Identifier("usage_records")))
     duplicates = rows(
@@ -462,7 +486,7 @@ def test_upgrade_of_a_database_the_go_service_wrote(fresh_db: str) -> None:
 
     # Down moves the duplicates back; nothing is lost that way either.
     notices.clear()
-    assert migrate.down(fresh_db, 2, on_notice=notices.append) == [3, 2]
+    assert migrate.down(fresh_db, LATEST - 1, on_notice=notices.append) == AFTER_1[::-1]
     assert [n.message for n in notices] == [
         "moved 4 row(s) from usage_records_duplicates back to usage_records"
     ]
@@ -508,7 +532,7 @@ def test_failed_migration_rolls_back_leaves_dirty_and_blocks(
     migrate.force(fresh_db, 1)
     assert version_row(fresh_db) == [(1, False)]
     # The shipped files take over from there.
-    assert migrate.up(fresh_db) == [2, 3]
+    assert migrate.up(fresh_db) == AFTER_1
 
 
 def test_failed_rollback_of_the_first_migration_is_dirty_at_minus_one(
@@ -533,7 +557,7 @@ def test_failed_rollback_of_the_first_migration_is_dirty_at_minus_one(
 
 
 def test_a_version_unknown_here_is_refused(fresh_db: str) -> None:
-    assert migrate.up(fresh_db) == [1, 2, 3]
+    assert migrate.up(fresh_db) == ALL
     migrate.force(fresh_db, 7)
     with pytest.raises(migrate.MigrationError, match="version 7") as caught:
         migrate.up(fresh_db)
@@ -595,7 +619,7 @@ def test_up_waits_while_golang_migrate_holds_its_lock(
             assert migrate.status(fresh_db).version is None
         finally:
             golang_migrate.execute("SELECT pg_advisory_unlock(%s::bigint)", (lock_id,))
-        assert running.result(timeout=60) == [1, 2, 3]
+        assert running.result(timeout=60) == ALL
 
 
 def test_concurrent_runners_apply_each_migration_once(fresh_db: str) -> None:
@@ -606,9 +630,9 @@ def test_concurrent_runners_apply_each_migration_once(fresh_db: str) -> None:
             for _ in range(2)
         ]
         results = sorted((run.result(timeout=120) for run in runs), key=len)
-    assert results == [[], [1, 2, 3]]
+    assert results == [[], ALL]
     assert [n.file for n in notices] == ["002_contract.up.sql"]
-    assert version_row(fresh_db) == [(3, False)]
+    assert version_row(fresh_db) == [(LATEST, False)]
 
 
 # -- 003: notifications ------------------------------------------------------------

@@ -29,6 +29,7 @@ __all__ = [
 
 tenants: Any = Table("tenants")
 usage: Any = Table("usage_records")
+daily: Any = Table("usage_daily_totals")
 _fn: Any = fn
 Query: Any = PostgreSQLQuery
 
@@ -176,3 +177,22 @@ SELECT_TOTAL_COST_SINCE: Final[str] = (
     .where(usage.created_at >= _p("since"))
     .get_sql()
 )
+
+# The same total from the daily totals (migration 004): the rows of the partial
+# first day, [since, boundary), plus whole UTC days from boundary_day on.
+_partial_day = (
+    Query.from_(usage)
+    .select(_fn.Sum(usage.cost_usd))
+    .where(usage.tenant_id == _p("tenant_id"))
+    .where(usage.created_at >= _p("since"))
+    .where(usage.created_at < _p("boundary"))
+)
+_whole_days = (
+    Query.from_(daily)
+    .select(_fn.Sum(daily.cost_usd))
+    .where(daily.tenant_id == _p("tenant_id"))
+    .where(daily.day >= _p("boundary_day"))
+)
+SELECT_TOTAL_COST_BY_DAYS: Final[str] = Query.select(
+    _fn.Coalesce(_partial_day, 0) + _fn.Coalesce(_whole_days, 0)
+).get_sql()

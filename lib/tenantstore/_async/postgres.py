@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
@@ -39,6 +39,7 @@ from ..validation import (
 __all__ = ["AsyncPostgresTenantRepository", "AsyncPostgresUsageRepository"]
 
 _ZERO: Final = Decimal("0")
+_ONE_DAY: Final = timedelta(days=1)
 
 
 def _not_found() -> TenantNotFound:
@@ -86,6 +87,24 @@ async def _run(
                 retry = False
                 continue
             raise translate_error(exc) from exc
+
+
+def _total_cost_query(tenant_id: str, since: datetime) -> tuple[str, dict[str, Any]]:
+    """The total-cost statement and its parameters: by daily totals when possible."""
+    midnight = since.replace(hour=0, minute=0, second=0, microsecond=0)
+    if since != midnight:
+        if midnight.date() == date.max:  # no next day to start whole days from
+            return _sql.SELECT_TOTAL_COST_SINCE, {
+                "tenant_id": tenant_id,
+                "since": since,
+            }
+        midnight += _ONE_DAY
+    return _sql.SELECT_TOTAL_COST_BY_DAYS, {
+        "tenant_id": tenant_id,
+        "since": since,
+        "boundary": midnight,
+        "boundary_day": midnight.date(),
+    }
 
 
 class AsyncPostgresTenantRepository:
@@ -283,8 +302,7 @@ class AsyncPostgresUsageRepository:
             return _ZERO
         row = await _run(
             self._pool,
-            _sql.SELECT_TOTAL_COST_SINCE,
-            {"tenant_id": tenant_id, "since": since},
+            *_total_cost_query(tenant_id, since),
             ONE,
             prepare=self._prepare,
             retry=True,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
@@ -40,6 +40,7 @@ from ..validation import (
 __all__ = ["PostgresTenantRepository", "PostgresUsageRepository"]
 
 _ZERO: Final = Decimal("0")
+_ONE_DAY: Final = timedelta(days=1)
 
 
 def _not_found() -> TenantNotFound:
@@ -87,6 +88,24 @@ def _run(
                 retry = False
                 continue
             raise translate_error(exc) from exc
+
+
+def _total_cost_query(tenant_id: str, since: datetime) -> tuple[str, dict[str, Any]]:
+    """The total-cost statement and its parameters: by daily totals when possible."""
+    midnight = since.replace(hour=0, minute=0, second=0, microsecond=0)
+    if since != midnight:
+        if midnight.date() == date.max:  # no next day to start whole days from
+            return _sql.SELECT_TOTAL_COST_SINCE, {
+                "tenant_id": tenant_id,
+                "since": since,
+            }
+        midnight += _ONE_DAY
+    return _sql.SELECT_TOTAL_COST_BY_DAYS, {
+        "tenant_id": tenant_id,
+        "since": since,
+        "boundary": midnight,
+        "boundary_day": midnight.date(),
+    }
 
 
 class PostgresTenantRepository:
@@ -284,8 +303,7 @@ class PostgresUsageRepository:
             return _ZERO
         row = _run(
             self._pool,
-            _sql.SELECT_TOTAL_COST_SINCE,
-            {"tenant_id": tenant_id, "since": since},
+            *_total_cost_query(tenant_id, since),
             ONE,
             prepare=self._prepare,
             retry=True,
