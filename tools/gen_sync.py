@@ -39,6 +39,11 @@ RENAMES = {
     "aclose": "close",
     "acurrent": "current",
     "CancelledError": "CancelledError",
+    "AFlight": "Flight",
+    "AWorker": "Worker",
+    "aevent_wait": "event_wait",
+    "astop_worker": "stop_worker",
+    "aclosing": "closing",
 }
 
 

@@ -6,7 +6,12 @@ sync and async. See the README for a tour.
 
 import logging as _logging
 
+from ._async.cache import AsyncCachedTenantRepository
+from ._async.listener import AsyncTenantCacheListener
 from ._async.postgres import AsyncPostgresTenantRepository, AsyncPostgresUsageRepository
+from ._cachestate import CacheStats
+from ._sync.cache import CachedTenantRepository
+from ._sync.listener import TenantCacheListener
 from ._sync.postgres import PostgresTenantRepository, PostgresUsageRepository
 from .cipher import KeyCipher
 from .clock import Clock, SystemClock
@@ -35,12 +40,16 @@ from .repository import (
 )
 
 __all__ = [
+    "AsyncCachedTenantRepository",
     "AsyncInMemoryTenantRepository",
     "AsyncInMemoryUsageRepository",
     "AsyncPostgresTenantRepository",
     "AsyncPostgresUsageRepository",
+    "AsyncTenantCacheListener",
     "AsyncTenantRepository",
     "AsyncUsageRepository",
+    "CacheStats",
+    "CachedTenantRepository",
     "CipherError",
     "Clock",
     "Conflict",
@@ -53,6 +62,7 @@ __all__ = [
     "StoreUnavailable",
     "SystemClock",
     "Tenant",
+    "TenantCacheListener",
     "TenantNotFound",
     "TenantRepository",
     "TenantStoreError",

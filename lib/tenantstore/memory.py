@@ -23,7 +23,6 @@ from .validation import (
     expected_version,
     is_canonical_id,
     is_key_hash,
-    stamped,
     tenant_for_write,
     usage_for_write,
     utc_datetime,
@@ -193,7 +192,7 @@ class InMemoryUsageRepository:
         self._clock = clock or tenants._clock
 
     def record(self, record: UsageRecord) -> bool:
-        record = usage_for_write(record)
+        record = usage_for_write(record, utc(self._clock.now()))
         state = self._state
         with state.lock:
             if record.tenant_id not in state.tenants:
@@ -201,7 +200,7 @@ class InMemoryUsageRepository:
             records = state.usage.setdefault(record.tenant_id, {})
             if record.request_id in records:
                 return False
-            records[record.request_id] = stamped(record, utc(self._clock.now()))
+            records[record.request_id] = record
             return True
 
     def get_tenant_usage(

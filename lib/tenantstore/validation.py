@@ -9,7 +9,6 @@ the database. Nothing here does I/O.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections.abc import Sequence
@@ -208,15 +207,17 @@ def expected_version(tenant: Tenant) -> datetime | None:
     return utc_datetime("updated_at", tenant.updated_at)
 
 
-def usage_for_write(record: object) -> UsageRecord:
-    """Validate and normalise a usage record; `timestamp` may stay None."""
+def usage_for_write(record: object, now: datetime | None = None) -> UsageRecord:
+    """Validate and normalise a usage record; a missing timestamp becomes `now`.
+
+    With `now` None, a missing timestamp stays None (the caller stamps it later).
+    """
     if not isinstance(record, UsageRecord):
         raise InvalidInput(
             "record", f"must be a UsageRecord, not {type(record).__name__}"
         )
     timestamp = record.timestamp
-    if timestamp is not None:
-        timestamp = utc_datetime("timestamp", timestamp)
+    timestamp = now if timestamp is None else utc_datetime("timestamp", timestamp)
     return UsageRecord(
         tenant_id=canonical_id("tenant_id", record.tenant_id),
         request_id=text("request_id", record.request_id, 255, allow_blank=False),
@@ -230,10 +231,3 @@ def usage_for_write(record: object) -> UsageRecord:
         status=text("status", record.status, 20, allow_blank=False),
         timestamp=timestamp,
     )
-
-
-def stamped(record: UsageRecord, now: datetime) -> UsageRecord:
-    """The record with its timestamp, or `now` when it has none."""
-    if record.timestamp is not None:
-        return record
-    return dataclasses.replace(record, timestamp=now)

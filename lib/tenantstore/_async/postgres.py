@@ -30,7 +30,6 @@ from ..validation import (
     expected_version,
     is_canonical_id,
     is_key_hash,
-    stamped,
     tenant_for_write,
     usage_for_write,
     utc_datetime,
@@ -269,7 +268,7 @@ class AsyncPostgresUsageRepository:
         self._prepare = prepare
 
     async def record(self, record: UsageRecord) -> bool:
-        record = stamped(usage_for_write(record), utc(self._clock.now()))
+        record = usage_for_write(record, utc(self._clock.now()))
         inserted: int = await _run(
             self._pool,
             _sql.INSERT_USAGE,

@@ -31,7 +31,6 @@ from ..validation import (
     expected_version,
     is_canonical_id,
     is_key_hash,
-    stamped,
     tenant_for_write,
     usage_for_write,
     utc_datetime,
@@ -270,7 +269,7 @@ class PostgresUsageRepository:
         self._prepare = prepare
 
     def record(self, record: UsageRecord) -> bool:
-        record = stamped(usage_for_write(record), utc(self._clock.now()))
+        record = usage_for_write(record, utc(self._clock.now()))
         inserted: int = _run(
             self._pool,
             _sql.INSERT_USAGE,

@@ -1,0 +1,432 @@
+"""The caching lookup layer's bookkeeping, without I/O, shared by both twins.
+
+`CacheState` holds the positive entries (key hash -> `(tenant, fresh_until)`, a plain
+dict the hit path reads without a lock), the negative entries, the fills in flight,
+the id -> hash index that lets a write by id find the entry to drop, and the
+counters behind `CacheStats`. Every change happens under one `threading.Lock`, held
+for dict operations only and never across I/O, so a sync listener thread and an async
+cache (or the reverse) can share a state. How a fill waits and runs (threads or
+tasks) is the twins' business: here a fill is a record with a `flight` attached.
+`parse_notification` reads the trigger's payload (migrations/003) for the listeners.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final, Generic, TypeVar
+
+from cachetools import TTLCache
+
+from .models import Tenant
+from .validation import is_canonical_id, is_key_hash
+
+__all__ = ["CacheState", "CacheStats", "Fill", "parse_notification"]
+
+F = TypeVar("F")
+
+# (tenant, fresh_until): immutable and replaced whole, so a reader without the lock
+# sees an old pair or a new one, never a mix.
+Entry = tuple[Tenant, float]
+
+_NO_IDS: Final[frozenset[str]] = frozenset()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheStats:
+    """A snapshot of a `CachedTenantRepository`'s counters and sizes.
+
+    Every key lookup counts once, as exactly one of: `hits` (a fresh entry),
+    `negative_hits` (a fresh "no such key" entry), `rejected` (malformed, or a key in
+    our format whose checksum fails: answered without a query or a slot), or
+    `misses` (asked the inner store, or joined a caller already asking). `fills`
+    counts inner lookups, so `misses - fills` callers were spared one by single
+    flight. `invalidations` counts `invalidate()`, `expire_all()` and `clear()` calls
+    (writes through the cache, notifications, listener drops and reconnects);
+    `stale_serves` the
+    answers given from an expired entry while the store was unavailable;
+    `evictions` the entries dropped to make room (`maxsize` too small, or a flood
+    of unknown keys filling the negative cache). `size`, `negative_size` and
+    `in_flight` are current. Counters updated without the lock (the hit path) may
+    miss an increment when threads race: they are monitoring figures, not ledgers.
+    """
+
+    __module__ = "tenantstore"
+
+    hits: int
+    misses: int
+    negative_hits: int
+    rejected: int
+    fills: int
+    invalidations: int
+    stale_serves: int
+    evictions: int
+    size: int
+    negative_size: int
+    in_flight: int
+
+
+class Fill(Generic[F]):
+    """One inner lookup of `key`, shared by every caller that missed meanwhile.
+
+    `dead` means an invalidation overtook it: its outcome goes to the callers
+    already waiting (they started before the write) but is never stored. `ids`
+    collects tenant ids invalidated while it was in flight: an id alone cannot say
+    which key it matches until the result shows the tenant.
+    """
+
+    __slots__ = ("dead", "flight", "ids", "key", "started")
+
+    def __init__(
+        self, key: str, started: float, new_flight: Callable[[Fill[F]], F]
+    ) -> None:
+        self.key = key
+        self.started = started
+        self.dead = False
+        self.ids: set[str] | None = None
+        self.flight = new_flight(self)
+
+
+class _Book(TTLCache[str, object, float]):
+    """cachetools' size and age bookkeeping for one fast dict.
+
+    The hit path never touches it (a `TTLCache.get` costs more than the whole hit
+    budget); it is told of every store and removal, and tells the state, through
+    `on_drop`, what it expires or evicts so the fast dict drops it too. Its values
+    are the stored objects themselves, so a drop can check by identity that the
+    fast dict still holds what was booked.
+    """
+
+    def __init__(
+        self,
+        maxsize: int,
+        ttl: float,
+        timer: Callable[[], float],
+        on_drop: Callable[[str, object], None],
+        on_evict: Callable[[], None],
+    ) -> None:
+        super().__init__(maxsize, ttl, timer)
+        self._on_drop = on_drop
+        self._on_evict = on_evict
+
+    def expire(self, time: float | None = None) -> list[tuple[str, object]]:
+        expired = super().expire(time)
+        for key, value in expired:
+            self._on_drop(key, value)
+        return expired
+
+    def popitem(self) -> tuple[str, object]:
+        key, value = super().popitem()
+        self._on_drop(key, value)
+        self._on_evict()
+        return key, value
+
+    def forget(self, key: str) -> None:
+        """Drop `key`'s bookkeeping, expired or not (`pop` skips expired keys)."""
+        with contextlib.suppress(KeyError):
+            del self[key]
+
+
+class CacheState(Generic[F]):
+    """Entries, negative entries, fills in flight, the id index and the counters.
+
+    `F` is the twin's flight type. `now` is the monotonic clock every time here is
+    measured on (the one the hit path compares `fresh_until` with).
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl: float,
+        negative_ttl: float,
+        maxsize: int,
+        negative_maxsize: int,
+        stale_if_error: float,
+        now: Callable[[], float],
+    ) -> None:
+        self.now = now
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.stale_if_error = stale_if_error
+        self.lock = threading.Lock()
+        # Read without the lock by the hit path: never rebound, only mutated.
+        self.entries: dict[str, Entry] = {}
+        self.negatives: dict[str, float] = {}
+        self._ids: dict[str, str] = {}
+        self._in_flight: dict[str, Fill[F]] = {}
+        self._live: set[Fill[F]] = set()
+        self._suspended = 0
+        # An entry stays booked past its freshness for as long as it may be
+        # served stale. Books are replaced, never cleared: clearing a cachetools
+        # cache item by item (as some versions do) would count evictions.
+        self._new_book: Callable[[], _Book] = lambda: _Book(
+            maxsize, ttl + stale_if_error, now, self._dropped, self._evicted
+        )
+        self._new_negative_book: Callable[[], _Book] = lambda: _Book(
+            max(negative_maxsize, 1),
+            negative_ttl,
+            now,
+            self._negative_dropped,
+            self._evicted,
+        )
+        self._book = self._new_book()
+        self._negative_book = self._new_negative_book()
+        self._negative_enabled = negative_ttl > 0 and negative_maxsize > 0
+        self.hits = 0
+        self.misses = 0
+        self.negative_hits = 0
+        self.rejected = 0
+        self.fills = 0
+        self.invalidations = 0
+        self.stale_serves = 0
+        self.evictions = 0
+
+    # -- lookups ---------------------------------------------------------------
+
+    def join(
+        self, key: str, new_flight: Callable[[Fill[F]], F]
+    ) -> Tenant | tuple[Fill[F], bool]:
+        """A fresh entry's tenant, or the fill to wait for and whether to lead it.
+
+        Rechecks the entry under the lock: a fill that completed since the caller
+        missed has stored it, and must not be repeated.
+        """
+        with self.lock:
+            now = self.now()
+            entry = self.entries.get(key)
+            if entry is not None and entry[1] > now:
+                self.hits += 1
+                return entry[0]
+            self.misses += 1
+            fill = self._in_flight.get(key)
+            if fill is not None:
+                return fill, False
+            fill = Fill(key, now, new_flight)
+            self._in_flight[key] = fill
+            self._live.add(fill)
+            self.fills += 1
+            return fill, True
+
+    def finish(self, fill: Fill[F], tenant: Tenant) -> None:
+        """Store what `fill` found, unless an invalidation overtook it."""
+        with self.lock:
+            self._retire(fill)
+            key = fill.key
+            if (
+                fill.dead
+                or tenant.id in (fill.ids or _NO_IDS)
+                or not tenant.enabled
+                or tenant.api_key_hash != key
+            ):
+                return
+            self._drop_negative(key)
+            # One entry per tenant: the fill read this tenant under `key`, so an
+            # entry under another hash predates a key rotation.
+            previous = self._ids.get(tenant.id)
+            if previous is not None and previous != key:
+                self._drop(previous)
+            # TTLs run from the fill's start, before the store was read: never
+            # longer than promised. While a listener is down, store it expired:
+            # usable only by stale_if_error, never as a hit.
+            fresh_until = fill.started if self._suspended else fill.started + self.ttl
+            self._book[key] = tenant  # may expire or evict others: before the dict
+            self.entries[key] = (tenant, fresh_until)
+            self._ids[tenant.id] = key
+
+    def finish_missing(self, fill: Fill[F]) -> None:
+        """Record that `fill.key` belongs to no enabled tenant."""
+        with self.lock:
+            self._retire(fill)
+            key = fill.key
+            # The store just said no: an expired entry must not be served stale.
+            self._drop(key)
+            if fill.dead or self._suspended or not self._negative_enabled:
+                return
+            fresh_until = fill.started + self.negative_ttl
+            self._negative_book[key] = fresh_until
+            self.negatives[key] = fresh_until
+
+    def abandon(self, fill: Fill[F]) -> None:
+        """Forget `fill` (it failed or was cancelled): nothing is stored."""
+        with self.lock:
+            fill.dead = True
+            self._retire(fill)
+
+    def stale(self, key: str) -> Tenant | None:
+        """The tenant of `key`'s entry if it may still be served stale, else None.
+
+        Invalidated entries are removed, so only expired ones qualify, for at most
+        `stale_if_error` seconds after they expired. Counts the serve.
+        """
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        tenant, fresh_until = entry
+        now = self.now()
+        if fresh_until > now:  # stored by a fill that succeeded meanwhile
+            return tenant
+        if now >= fresh_until + self.stale_if_error:
+            return None
+        self.stale_serves += 1
+        return tenant
+
+    # -- invalidation ----------------------------------------------------------
+
+    def invalidate(self, tenant_id: str | None, hashes: Iterable[str]) -> None:
+        """Drop what could hold an older state of `tenant_id` or of `hashes`.
+
+        Removes their entries (never to be served stale) and negative entries, and
+        detaches every fill that could return such a state, so that a caller
+        arriving after this starts a new fill instead of joining one that read the
+        store before the write.
+        """
+        with self.lock:
+            self.invalidations += 1
+            if tenant_id is not None:
+                cached = self._ids.get(tenant_id)
+                if cached is not None:
+                    self._drop(cached)
+                # Which fill will return this tenant is unknown until it returns:
+                # mark them all and detach them all.
+                for fill in self._live:
+                    if fill.ids is None:
+                        fill.ids = set()
+                    fill.ids.add(tenant_id)
+                self._in_flight.clear()
+            keys = set(hashes)
+            for key in keys:
+                self._drop(key)
+                self._drop_negative(key)
+                self._in_flight.pop(key, None)
+            if keys:
+                for fill in self._live:
+                    if fill.key in keys:
+                        fill.dead = True
+
+    def expire_all(self) -> None:
+        """Make every entry expired (kept for stale_if_error) and every fill dead."""
+        with self.lock:
+            self._expire_all()
+
+    def suspend(self) -> None:
+        """A listener lost (or has not yet made) its connection: `expire_all`, and
+        store nothing fresh until `resume`, since changes now go unnoticed."""
+        with self.lock:
+            self._suspended += 1
+            self._expire_all()
+
+    def resume(self) -> None:
+        """A listener is listening again: `expire_all` once more (what changed
+        before it listened went unnoticed), then store fresh entries again."""
+        with self.lock:
+            self._suspended = max(0, self._suspended - 1)
+            self._expire_all()
+
+    def clear(self) -> None:
+        """Drop every entry and negative entry; fills in flight store nothing."""
+        with self.lock:
+            self.invalidations += 1
+            self._kill_fills()
+            self.entries.clear()
+            self.negatives.clear()
+            self._ids.clear()
+            self._book = self._new_book()
+            self._negative_book = self._new_negative_book()
+
+    def stats(self) -> CacheStats:
+        with self.lock:
+            return CacheStats(
+                hits=self.hits,
+                misses=self.misses,
+                negative_hits=self.negative_hits,
+                rejected=self.rejected,
+                fills=self.fills,
+                invalidations=self.invalidations,
+                stale_serves=self.stale_serves,
+                evictions=self.evictions,
+                size=len(self.entries),
+                negative_size=len(self.negatives),
+                in_flight=len(self._live),
+            )
+
+    # -- under the lock --------------------------------------------------------
+
+    def _expire_all(self) -> None:
+        self.invalidations += 1
+        self._kill_fills()
+        now = self.now()
+        entries = self.entries
+        for key, (tenant, fresh_until) in list(entries.items()):
+            if fresh_until > now:
+                entries[key] = (tenant, now)
+        self.negatives.clear()
+        self._negative_book = self._new_negative_book()
+
+    def _kill_fills(self) -> None:
+        for fill in self._live:
+            fill.dead = True
+        self._in_flight.clear()
+
+    def _retire(self, fill: Fill[F]) -> None:
+        self._live.discard(fill)
+        if self._in_flight.get(fill.key) is fill:
+            del self._in_flight[fill.key]
+
+    def _drop(self, key: str) -> None:
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self._book.forget(key)
+            tenant_id = entry[0].id
+            if self._ids.get(tenant_id) == key:
+                del self._ids[tenant_id]
+
+    def _drop_negative(self, key: str) -> None:
+        if self.negatives.pop(key, None) is not None:
+            self._negative_book.forget(key)
+
+    def _dropped(self, key: str, tenant: object) -> None:
+        # Called by the book while it expires or evicts, under the lock.
+        entry = self.entries.get(key)
+        if entry is not None and entry[0] is tenant:
+            del self.entries[key]
+            tenant_id = entry[0].id
+            if self._ids.get(tenant_id) == key:
+                del self._ids[tenant_id]
+
+    def _negative_dropped(self, key: str, fresh_until: object) -> None:
+        if self.negatives.get(key) is fresh_until:
+            del self.negatives[key]
+
+    def _evicted(self) -> None:
+        self.evictions += 1
+
+
+def parse_notification(payload: str) -> tuple[str | None, tuple[str, ...]] | None:
+    """The tenant id and key hashes a trigger notification names.
+
+    None when the payload asks for everything to expire: a TRUNCATE, or anything
+    that does not parse as a row change (a listener that cannot tell what changed
+    must assume everything did).
+    """
+    try:
+        change = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(change, dict) or change.get("op") not in _ROW_OPS:
+        return None
+    tenant_id = change.get("id")
+    values = (change.get("old"), change.get("new"))
+    if not is_canonical_id(tenant_id) or not all(
+        value is None or isinstance(value, str) for value in values
+    ):
+        return None
+    assert isinstance(tenant_id, str)
+    # A stored hash in another form (written by hand) is no key the cache uses: no
+    # lookup hash can equal it, and the id still finds the tenant's entry.
+    return tenant_id, tuple(v for v in values if isinstance(v, str) and is_key_hash(v))
+
+
+_ROW_OPS: Final = frozenset({"INSERT", "UPDATE", "DELETE"})

@@ -1,0 +1,270 @@
+# Generated from _async/ by tools/gen_sync.py: do not edit by hand.
+"""The caching lookup layer: `AsyncCachedTenantRepository`, a repository over another.
+
+Key lookups (by key or by hash) are answered from memory when fresh, by one shared
+inner lookup when not; everything else passes through, and writes invalidate before
+they return. The bookkeeping (entries, fills, invalidation, stats) is `_cachestate`,
+shared by both twins; this module only decides who calls the inner repository and
+who waits. Cross-process invalidation is `listener.py`'s.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import math
+import time
+from collections.abc import Iterable
+from typing import Final
+
+from .._acompat import Flight
+from .._cachestate import CacheState, CacheStats, Fill
+from ..clock import Clock, SystemClock
+from ..errors import InvalidInput, StoreUnavailable, TenantNotFound
+from ..keys import lookup_hash
+from ..models import Tenant
+from ..validation import is_key_hash
+from .protocols import TenantRepository
+
+__all__ = ["CachedTenantRepository"]
+
+# Bound once: the hit path pays for a global load and a call, nothing more.
+_sha256: Final = hashlib.sha256
+
+
+def _not_found() -> TenantNotFound:
+    return TenantNotFound("no such tenant")
+
+
+def _seconds(name: str, value: float, *, zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(name, f"must be a number, not {type(value).__name__}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise InvalidInput(name, "must be finite and " + (">= 0" if zero else "> 0"))
+    return float(value)
+
+
+def _count(name: str, value: int, *, zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(name, f"must be an int, not {type(value).__name__}")
+    if value < (0 if zero else 1):
+        raise InvalidInput(name, "must be >= 0" if zero else "must be >= 1")
+    return value
+
+
+class CachedTenantRepository:
+    """A tenant repository that answers key lookups from memory, safely.
+
+    Wraps any tenant repository (`inner`) and is one itself. `get_by_api_key` and
+    `get_by_api_key_hash` are cached by key hash (never by plaintext) for `ttl`
+    seconds; a key no enabled tenant owns is remembered for `negative_ttl` seconds
+    in a separate cache of `negative_maxsize` entries, so a flood of guessed keys
+    cannot evict real tenants (`maxsize` entries). A key in our format whose
+    checksum fails is rejected without a query or a slot. Concurrent misses for one
+    key make one inner lookup; the others wait for its result or its error.
+
+    Guarantees:
+
+    - A disabled tenant is never returned by key (the inner store says so, and
+      that answer is cached as "not found").
+    - `create`, `update` and `delete` through this object invalidate before they
+      return (also when they fail: a write may have happened before the error), and
+      a lookup that read the store before such a write is never stored after it:
+      a lookup that starts after a write returned sees that write or a later state.
+    - Writes made elsewhere (another process, SQL) are seen after at most `ttl`
+      seconds, or as soon as a listener attached to this cache (see
+      `TenantCacheListener`, `AsyncTenantCacheListener`) delivers the change;
+      while that listener is disconnected nothing is served from memory as fresh.
+    - With `stale_if_error > 0`, while the inner store raises `StoreUnavailable`,
+      an expired (never an invalidated) entry is served for at most that many
+      seconds after it expired, and counted in `stats().stale_serves`; past that,
+      the error surfaces. Off (0) by default: the cache fails closed.
+
+    `get_by_id`, `list` and `reveal_api_key` pass through uncached. `clock` is for
+    tests: its `monotonic()` measures the TTLs (the system clock by default). The
+    cache is thread-safe; the asyncio twin belongs to one event loop (a shared lookup
+    is a task on the loop of the caller that started it).
+    """
+
+    __module__ = "tenantstore"
+
+    def __init__(
+        self,
+        inner: TenantRepository,
+        *,
+        ttl: float = 30.0,
+        negative_ttl: float = 5.0,
+        maxsize: int = 100_000,
+        negative_maxsize: int = 10_000,
+        stale_if_error: float = 0.0,
+        clock: Clock | None = None,
+    ) -> None:
+        self.inner = inner
+        # The hit path calls this on every lookup: the system clock's method would
+        # add a Python frame, time.monotonic is a C function.
+        self._now = (
+            time.monotonic
+            if clock is None or type(clock) is SystemClock
+            else clock.monotonic
+        )
+        self._state: CacheState[Flight[Tenant]] = CacheState(
+            ttl=_seconds("ttl", ttl),
+            negative_ttl=_seconds("negative_ttl", negative_ttl, zero=True),
+            maxsize=_count("maxsize", maxsize),
+            negative_maxsize=_count("negative_maxsize", negative_maxsize, zero=True),
+            stale_if_error=_seconds("stale_if_error", stale_if_error, zero=True),
+            now=self._now,
+        )
+        self._entries = self._state.entries
+
+    # -- cached lookups ----------------------------------------------------------
+
+    def get_by_api_key(self, api_key: str) -> Tenant:
+        """The enabled tenant whose key this is; `TenantNotFound` otherwise.
+
+        A hit costs a SHA-256 of the key, a dict lookup and a clock read: no lock,
+        nothing that could be done at construction.
+        """
+        try:
+            entry = self._entries.get(_sha256(api_key.encode()).hexdigest())
+        except (AttributeError, TypeError, UnicodeEncodeError):
+            # Not a str, or lone surrogates: the miss path answers "not found".
+            entry = None
+        if entry is not None and entry[1] > self._now():
+            self._state.hits += 1
+            return entry[0]
+        return self._lookup(lookup_hash(api_key))
+
+    def get_by_api_key_hash(self, api_key_hash: str) -> Tenant:
+        """As `get_by_api_key`, for callers that hashed the key already."""
+        try:
+            entry = self._entries.get(api_key_hash)
+        except TypeError:  # unhashable: certainly no key hash
+            entry = None
+        if entry is not None and entry[1] > self._now():
+            self._state.hits += 1
+            return entry[0]
+        return self._lookup(api_key_hash if is_key_hash(api_key_hash) else None)
+
+    def _lookup(self, key: str | None) -> Tenant:
+        state = self._state
+        if key is None:
+            state.rejected += 1
+            raise _not_found()
+        fresh_until = state.negatives.get(key)
+        if fresh_until is not None and fresh_until > self._now():
+            state.negative_hits += 1
+            raise _not_found()
+        joined = state.join(key, self._new_flight)
+        if isinstance(joined, Tenant):
+            return joined
+        fill, leader = joined
+        try:
+            if leader:
+                return fill.flight.lead()
+            return fill.flight.wait()
+        except StoreUnavailable:
+            stale = state.stale(key)
+            if stale is None:
+                raise
+            return stale
+
+    def _new_flight(self, fill: Fill[Flight[Tenant]]) -> Flight[Tenant]:
+        state = self._state
+
+        def call() -> Tenant:
+            return self._fill(fill)
+
+        def on_orphaned() -> None:
+            state.abandon(fill)
+
+        return Flight(call, on_orphaned)
+
+    def _fill(self, fill: Fill[Flight[Tenant]]) -> Tenant:
+        state = self._state
+        try:
+            tenant = self.inner.get_by_api_key_hash(fill.key)
+        except TenantNotFound:
+            state.finish_missing(fill)
+            raise
+        except BaseException:
+            state.abandon(fill)
+            raise
+        state.finish(fill, tenant)
+        return tenant
+
+    # -- pass-through reads ------------------------------------------------------
+
+    def get_by_id(self, tenant_id: str) -> Tenant:
+        """The tenant, enabled or not, from the inner store (not cached)."""
+        return self.inner.get_by_id(tenant_id)
+
+    def list(self) -> builtins.list[Tenant]:
+        """Every tenant, from the inner store (not cached)."""
+        return self.inner.list()
+
+    def reveal_api_key(self, tenant_id: str) -> str | None:
+        """The tenant's plaintext key, from the inner store (never cached)."""
+        return self.inner.reveal_api_key(tenant_id)
+
+    # -- writes: invalidate before returning -------------------------------------
+
+    def create(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
+        """`inner.create`, then forget that the new key was unknown."""
+        try:
+            return self.inner.create(tenant, api_key=api_key)
+        finally:
+            self._state.invalidate(None, _hashes(tenant))
+
+    def update(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
+        """`inner.update`, then drop the tenant's entry (under its old key hash)
+        and anything cached under its new one."""
+        try:
+            return self.inner.update(tenant, api_key=api_key)
+        finally:
+            self._state.invalidate(_tenant_id(tenant), _hashes(tenant))
+
+    def delete(self, tenant_id: str) -> None:
+        """`inner.delete`, then drop the tenant's entry."""
+        try:
+            self.inner.delete(tenant_id)
+        finally:
+            self._state.invalidate(tenant_id if type(tenant_id) is str else None, ())
+
+    # -- control -----------------------------------------------------------------
+
+    def invalidate(
+        self, tenant_id: str | None = None, hashes: Iterable[str] = ()
+    ) -> None:
+        """Forget what is cached for `tenant_id` and for the key `hashes`.
+
+        Entries go (never served stale); lookups in flight that could return an
+        older state are not stored, and later lookups do not wait for them. For a
+        write made around this cache: call it after the write committed.
+        """
+        if isinstance(hashes, str):  # one hash, not its characters
+            hashes = (hashes,)
+        self._state.invalidate(tenant_id, [h for h in hashes if type(h) is str])
+
+    def expire_all(self) -> None:
+        """Make every entry expired: each is looked up again before use, and may
+        only be served under `stale_if_error`. Lookups in flight are not stored."""
+        self._state.expire_all()
+
+    def clear(self) -> None:
+        """Drop every entry and negative entry (counters are kept)."""
+        self._state.clear()
+
+    def stats(self) -> CacheStats:
+        """Counters since creation and current sizes (see `CacheStats`)."""
+        return self._state.stats()
+
+
+def _tenant_id(tenant: object) -> str | None:
+    value = getattr(tenant, "id", None)
+    return value if type(value) is str else None
+
+
+def _hashes(tenant: object) -> tuple[str, ...]:
+    value = getattr(tenant, "api_key_hash", None)
+    return (value,) if type(value) is str else ()
