@@ -29,10 +29,12 @@ from hypothesis.stateful import (
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from tenantstore import (
+    AsyncCachedTenantRepository,
     AsyncInMemoryTenantRepository,
     AsyncInMemoryUsageRepository,
     AsyncPostgresTenantRepository,
     AsyncPostgresUsageRepository,
+    CachedTenantRepository,
     InMemoryTenantRepository,
     InMemoryUsageRepository,
     InvalidInput,
@@ -91,14 +93,15 @@ class Backend:
 
 
 @pytest.fixture(scope="module")
-def pg_urls(pg_url: str) -> Iterator[tuple[str, str]]:
-    # The async twin needs a database of its own: the two would otherwise collide.
+def pg_urls(pg_url: str) -> Iterator[tuple[str, str, str]]:
+    # Each PostgreSQL backend needs a database of its own: they would collide.
     from tenantstore import migrate
     from tests.pgserver import scratch_database
 
-    with scratch_database() as second:
+    with scratch_database() as second, scratch_database() as third:
         migrate.up(second)
-        yield pg_url, second
+        migrate.up(third)
+        yield pg_url, second, third
 
 
 def _create(backend: Backend, tenant: Tenant) -> Any:
@@ -110,8 +113,9 @@ class Differential(RuleBasedStateMachine):
         self,
         pool: ConnectionPool,
         apool: AsyncConnectionPool,
+        cached_apool: AsyncConnectionPool,
         runner: asyncio.Runner,
-        urls: tuple[str, str],
+        urls: tuple[str, str, str],
     ) -> None:
         super().__init__()
         for url in urls:
@@ -122,6 +126,12 @@ class Differential(RuleBasedStateMachine):
         amemory = AsyncInMemoryTenantRepository(clock=clock, cipher=CIPHER)
         postgres = PostgresTenantRepository(pool, clock=clock, cipher=CIPHER)
         apostgres = AsyncPostgresTenantRepository(apool, clock=clock, cipher=CIPHER)
+        memory_inner = InMemoryTenantRepository(clock=clock, cipher=CIPHER)
+        cached_memory = CachedTenantRepository(memory_inner, clock=clock)
+        cached_apostgres = AsyncCachedTenantRepository(
+            AsyncPostgresTenantRepository(cached_apool, clock=clock, cipher=CIPHER),
+            clock=clock,
+        )
         self.backends = [
             Backend("memory", memory, InMemoryUsageRepository(memory)),
             Backend(
@@ -134,6 +144,15 @@ class Differential(RuleBasedStateMachine):
                 "postgres-async",
                 Synced(apostgres, runner),
                 Synced(AsyncPostgresUsageRepository(apool, clock=clock), runner),
+            ),
+            # The caches (TTLs on the same fake clock, so `tick` expires entries).
+            Backend(
+                "cached(memory)", cached_memory, InMemoryUsageRepository(memory_inner)
+            ),
+            Backend(
+                "cached-async(postgres-async)",
+                Synced(cached_apostgres, runner),
+                Synced(AsyncPostgresUsageRepository(cached_apool, clock=clock), runner),
             ),
         ]
         self.known: dict[str, Tenant] = {}
@@ -394,15 +413,17 @@ class Differential(RuleBasedStateMachine):
             assert value == sum((r.cost_usd for r in records), Decimal(0))
 
 
-def test_backends_agree(pg_urls: tuple[str, str], runner: asyncio.Runner) -> None:
+def test_backends_agree(pg_urls: tuple[str, str, str], runner: asyncio.Runner) -> None:
     with create_pool(pg_urls[0], min_size=1, max_size=2) as pool:
         apool = runner.run(create_async_pool(pg_urls[1], min_size=1, max_size=2))
+        cached_apool = runner.run(create_async_pool(pg_urls[2], min_size=1, max_size=2))
         try:
 
             class Bound(Differential):
                 def __init__(self) -> None:
-                    super().__init__(pool, apool, runner, pg_urls)
+                    super().__init__(pool, apool, cached_apool, runner, pg_urls)
 
             run_state_machine_as_test(Bound, settings=settings())
         finally:
             runner.run(apool.close())
+            runner.run(cached_apool.close())
