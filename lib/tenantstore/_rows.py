@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from ._sql import TENANT_COLUMNS, USAGE_COLUMNS
 from .models import Tenant, UsageRecord
 
 
@@ -21,37 +22,12 @@ def utc(value: datetime) -> datetime:
 # through the frozen dataclass __init__ (keywords, defaults, object.__setattr__),
 # which costs about three times as much. The values were validated on the way in.
 _new = object.__new__
-_tenant_setters = tuple(
-    getattr(Tenant, name).__set__
-    for name in (
-        "id",
-        "name",
-        "api_key_hash",
-        "budget_usd",
-        "rate_limit_rpm",
-        "allowed_models",
-        "default_provider",
-        "fallback_providers",
-        "enabled",
-        "created_at",
-        "updated_at",
-    )
-)
+_tenant_setters = tuple(getattr(Tenant, name).__set__ for name in TENANT_COLUMNS)
+# Usage rows leave out tenant_id (the caller's argument) and call created_at
+# `timestamp`.
 _usage_setters = tuple(
     getattr(UsageRecord, name).__set__
-    for name in (
-        "tenant_id",
-        "request_id",
-        "model",
-        "provider",
-        "input_tokens",
-        "output_tokens",
-        "cost_usd",
-        "cached",
-        "latency_ms",
-        "status",
-        "timestamp",
-    )
+    for name in ("tenant_id", *USAGE_COLUMNS[:-1], "timestamp")
 )
 
 

@@ -55,39 +55,6 @@ ALL: Final = 1
 COUNT: Final = 2
 
 
-async def _run(
-    pool: AsyncConnectionPool,
-    statement: str,
-    params: Mapping[str, Any] | None,
-    fetch: int,
-    *,
-    prepare: bool,
-    retry: bool,
-) -> Any:
-    """Run one statement on a pool connection; driver errors become ours.
-
-    With `retry`, a statement whose connection turns out broken (the server
-    restarted, a proxy dropped it: the pool cannot know until it is used) runs once
-    more on a fresh connection. Only idempotent statements retry: reads, and the
-    usage insert, which ON CONFLICT makes idempotent.
-    """
-    while True:
-        conn = None
-        try:
-            async with pool.connection() as conn:
-                cur = await conn.execute(statement, params, prepare=prepare)
-                if fetch == ONE:
-                    return await cur.fetchone()
-                if fetch == ALL:
-                    return await cur.fetchall()
-                return cur.rowcount
-        except psycopg.Error as exc:
-            if retry and conn is not None and conn.broken:
-                retry = False
-                continue
-            raise translate_error(exc) from exc
-
-
 def _total_cost_query(tenant_id: str, since: datetime) -> tuple[str, dict[str, Any]]:
     """The total-cost statement and its parameters: by daily totals when possible."""
     midnight = since.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -106,7 +73,51 @@ def _total_cost_query(tenant_id: str, since: datetime) -> tuple[str, dict[str, A
     }
 
 
-class AsyncPostgresTenantRepository:
+class _AsyncPostgres:
+    """What both PostgreSQL repositories share: a pool, a clock, one way to run."""
+
+    __slots__ = ("_clock", "_pool", "_prepare")
+
+    def __init__(
+        self, pool: AsyncConnectionPool, clock: Clock | None, prepare: bool
+    ) -> None:
+        self._pool = pool
+        self._clock = clock or SYSTEM_CLOCK
+        self._prepare = prepare
+
+    async def _run(
+        self,
+        statement: str,
+        params: Mapping[str, Any] | None,
+        fetch: int,
+        *,
+        retry: bool,
+    ) -> Any:
+        """Run one statement on a pool connection; driver errors become ours.
+
+        With `retry`, a statement whose connection turns out broken (the server
+        restarted, a proxy dropped it: the pool cannot know until it is used) runs
+        once more on a fresh connection. Only idempotent statements retry: reads,
+        and the usage insert, which ON CONFLICT makes idempotent.
+        """
+        while True:
+            conn = None
+            try:
+                async with self._pool.connection() as conn:
+                    cur = await conn.execute(statement, params, prepare=self._prepare)
+                    if fetch == ONE:
+                        return await cur.fetchone()
+                    if fetch == ALL:
+                        return await cur.fetchall()
+                    return cur.rowcount
+            except psycopg.Error as exc:
+                if retry and conn is not None and conn.broken:
+                    retry = False
+                    continue
+                raise translate_error(exc) from exc
+
+
+class AsyncPostgresTenantRepository(_AsyncPostgres):
     """Tenants in PostgreSQL, through a psycopg pool.
 
     `pool` should hand out autocommit connections (`create_async_pool` does);
@@ -116,6 +127,7 @@ class AsyncPostgresTenantRepository:
     """
 
     __module__ = "tenantstore"
+    __slots__ = ("_cipher",)
 
     def __init__(
         self,
@@ -125,10 +137,8 @@ class AsyncPostgresTenantRepository:
         cipher: KeyCipher | None = None,
         prepare: bool = True,
     ) -> None:
-        self._pool = pool
-        self._clock = clock or SYSTEM_CLOCK
+        super().__init__(pool, clock, prepare)
         self._cipher = cipher
-        self._prepare = prepare
 
     async def get_by_api_key(self, api_key: str) -> Tenant:
         api_key_hash = lookup_hash(api_key)
@@ -142,12 +152,10 @@ class AsyncPostgresTenantRepository:
         return await self._enabled_by_hash(api_key_hash)
 
     async def _enabled_by_hash(self, api_key_hash: str) -> Tenant:
-        row = await _run(
-            self._pool,
+        row = await self._run(
             _sql.SELECT_ENABLED_BY_HASH,
             {"hash": api_key_hash},
             ONE,
-            prepare=self._prepare,
             retry=True,
         )
         if row is None:
@@ -157,12 +165,10 @@ class AsyncPostgresTenantRepository:
     async def get_by_id(self, tenant_id: str) -> Tenant:
         if not is_canonical_id(tenant_id):
             raise _not_found()
-        row = await _run(
-            self._pool,
+        row = await self._run(
             _sql.SELECT_BY_ID,
             {"id": tenant_id},
             ONE,
-            prepare=self._prepare,
             retry=True,
         )
         if row is None:
@@ -170,9 +176,7 @@ class AsyncPostgresTenantRepository:
         return tenant_from_row(row)
 
     async def list(self) -> builtins.list[Tenant]:
-        rows = await _run(
-            self._pool, _sql.SELECT_ALL, None, ALL, prepare=self._prepare, retry=True
-        )
+        rows = await self._run(_sql.SELECT_ALL, None, ALL, retry=True)
         return [tenant_from_row(row) for row in rows]
 
     async def create(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
@@ -183,12 +187,10 @@ class AsyncPostgresTenantRepository:
         params = tenant_params(
             tenant, now=utc(self._clock.now()), api_key_encrypted=encrypted
         )
-        row = await _run(
-            self._pool,
+        row = await self._run(
             _sql.INSERT_TENANT,
             params,
             ONE,
-            prepare=self._prepare,
             retry=False,
         )
         assert row is not None
@@ -207,9 +209,7 @@ class AsyncPostgresTenantRepository:
             expected=expected,
         )
         statement = _sql.UPDATE_TENANT[api_key is not None, expected is not None]
-        row = await _run(
-            self._pool, statement, params, ONE, prepare=self._prepare, retry=False
-        )
+        row = await self._run(statement, params, ONE, retry=False)
         if row is None:
             if expected is not None:
                 await self.get_by_id(tenant.id)  # TenantNotFound if it is gone
@@ -220,12 +220,10 @@ class AsyncPostgresTenantRepository:
     async def delete(self, tenant_id: str) -> None:
         if not is_canonical_id(tenant_id):
             raise _not_found()
-        deleted = await _run(
-            self._pool,
+        deleted = await self._run(
             _sql.DELETE_TENANT,
             {"id": tenant_id},
             COUNT,
-            prepare=self._prepare,
             retry=False,
         )
         if deleted == 0:
@@ -234,12 +232,10 @@ class AsyncPostgresTenantRepository:
     async def reveal_api_key(self, tenant_id: str) -> str | None:
         if not is_canonical_id(tenant_id):
             raise _not_found()
-        row = await _run(
-            self._pool,
+        row = await self._run(
             _sql.SELECT_ENCRYPTED_KEY,
             {"id": tenant_id},
             ONE,
-            prepare=self._prepare,
             retry=True,
         )
         if row is None:
@@ -251,10 +247,11 @@ class AsyncPostgresTenantRepository:
         return self._cipher.decrypt(row[0], tenant_id)
 
 
-class AsyncPostgresUsageRepository:
+class AsyncPostgresUsageRepository(_AsyncPostgres):
     """Usage records in PostgreSQL; `record` is idempotent on (tenant, request)."""
 
     __module__ = "tenantstore"
+    __slots__ = ()
 
     def __init__(
         self,
@@ -263,18 +260,14 @@ class AsyncPostgresUsageRepository:
         clock: Clock | None = None,
         prepare: bool = True,
     ) -> None:
-        self._pool = pool
-        self._clock = clock or SYSTEM_CLOCK
-        self._prepare = prepare
+        super().__init__(pool, clock, prepare)
 
     async def record(self, record: UsageRecord) -> bool:
         record = usage_for_write(record, utc(self._clock.now()))
-        inserted: int = await _run(
-            self._pool,
+        inserted: int = await self._run(
             _sql.INSERT_USAGE,
             usage_params(record),
             COUNT,
-            prepare=self._prepare,
             retry=True,
         )
         return inserted == 1
@@ -285,12 +278,10 @@ class AsyncPostgresUsageRepository:
         since = utc_datetime("since", since)
         if not is_canonical_id(tenant_id):
             return []
-        rows = await _run(
-            self._pool,
+        rows = await self._run(
             _sql.SELECT_USAGE_SINCE,
             {"tenant_id": tenant_id, "since": since},
             ALL,
-            prepare=self._prepare,
             retry=True,
         )
         return [usage_from_row(tenant_id, row) for row in rows]
@@ -299,11 +290,9 @@ class AsyncPostgresUsageRepository:
         since = utc_datetime("since", since)
         if not is_canonical_id(tenant_id):
             return _ZERO
-        row = await _run(
-            self._pool,
+        row = await self._run(
             *_total_cost_query(tenant_id, since),
             ONE,
-            prepare=self._prepare,
             retry=True,
         )
         assert row is not None

@@ -56,39 +56,6 @@ ALL: Final = 1
 COUNT: Final = 2
 
 
-def _run(
-    pool: ConnectionPool,
-    statement: str,
-    params: Mapping[str, Any] | None,
-    fetch: int,
-    *,
-    prepare: bool,
-    retry: bool,
-) -> Any:
-    """Run one statement on a pool connection; driver errors become ours.
-
-    With `retry`, a statement whose connection turns out broken (the server
-    restarted, a proxy dropped it: the pool cannot know until it is used) runs once
-    more on a fresh connection. Only idempotent statements retry: reads, and the
-    usage insert, which ON CONFLICT makes idempotent.
-    """
-    while True:
-        conn = None
-        try:
-            with pool.connection() as conn:
-                cur = conn.execute(statement, params, prepare=prepare)
-                if fetch == ONE:
-                    return cur.fetchone()
-                if fetch == ALL:
-                    return cur.fetchall()
-                return cur.rowcount
-        except psycopg.Error as exc:
-            if retry and conn is not None and conn.broken:
-                retry = False
-                continue
-            raise translate_error(exc) from exc
-
-
 def _total_cost_query(tenant_id: str, since: datetime) -> tuple[str, dict[str, Any]]:
     """The total-cost statement and its parameters: by daily totals when possible."""
     midnight = since.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -107,7 +74,51 @@ def _total_cost_query(tenant_id: str, since: datetime) -> tuple[str, dict[str, A
     }
 
 
-class PostgresTenantRepository:
+class _AsyncPostgres:
+    """What both PostgreSQL repositories share: a pool, a clock, one way to run."""
+
+    __slots__ = ("_clock", "_pool", "_prepare")
+
+    def __init__(
+        self, pool: ConnectionPool, clock: Clock | None, prepare: bool
+    ) -> None:
+        self._pool = pool
+        self._clock = clock or SYSTEM_CLOCK
+        self._prepare = prepare
+
+    def _run(
+        self,
+        statement: str,
+        params: Mapping[str, Any] | None,
+        fetch: int,
+        *,
+        retry: bool,
+    ) -> Any:
+        """Run one statement on a pool connection; driver errors become ours.
+
+        With `retry`, a statement whose connection turns out broken (the server
+        restarted, a proxy dropped it: the pool cannot know until it is used) runs
+        once more on a fresh connection. Only idempotent statements retry: reads,
+        and the usage insert, which ON CONFLICT makes idempotent.
+        """
+        while True:
+            conn = None
+            try:
+                with self._pool.connection() as conn:
+                    cur = conn.execute(statement, params, prepare=self._prepare)
+                    if fetch == ONE:
+                        return cur.fetchone()
+                    if fetch == ALL:
+                        return cur.fetchall()
+                    return cur.rowcount
+            except psycopg.Error as exc:
+                if retry and conn is not None and conn.broken:
+                    retry = False
+                    continue
+                raise translate_error(exc) from exc
+
+
+class PostgresTenantRepository(_AsyncPostgres):
     """Tenants in PostgreSQL, through a psycopg pool.
 
     `pool` should hand out autocommit connections (`create_async_pool` does);
@@ -117,6 +128,7 @@ class PostgresTenantRepository:
     """
 
     __module__ = "tenantstore"
+    __slots__ = ("_cipher",)
 
     def __init__(
         self,
@@ -126,10 +138,8 @@ class PostgresTenantRepository:
         cipher: KeyCipher | None = None,
         prepare: bool = True,
     ) -> None:
-        self._pool = pool
-        self._clock = clock or SYSTEM_CLOCK
+        super().__init__(pool, clock, prepare)
         self._cipher = cipher
-        self._prepare = prepare
 
     def get_by_api_key(self, api_key: str) -> Tenant:
         api_key_hash = lookup_hash(api_key)
@@ -143,12 +153,10 @@ class PostgresTenantRepository:
         return self._enabled_by_hash(api_key_hash)
 
     def _enabled_by_hash(self, api_key_hash: str) -> Tenant:
-        row = _run(
-            self._pool,
+        row = self._run(
             _sql.SELECT_ENABLED_BY_HASH,
             {"hash": api_key_hash},
             ONE,
-            prepare=self._prepare,
             retry=True,
         )
         if row is None:
@@ -158,12 +166,10 @@ class PostgresTenantRepository:
     def get_by_id(self, tenant_id: str) -> Tenant:
         if not is_canonical_id(tenant_id):
             raise _not_found()
-        row = _run(
-            self._pool,
+        row = self._run(
             _sql.SELECT_BY_ID,
             {"id": tenant_id},
             ONE,
-            prepare=self._prepare,
             retry=True,
         )
         if row is None:
@@ -171,9 +177,7 @@ class PostgresTenantRepository:
         return tenant_from_row(row)
 
     def list(self) -> builtins.list[Tenant]:
-        rows = _run(
-            self._pool, _sql.SELECT_ALL, None, ALL, prepare=self._prepare, retry=True
-        )
+        rows = self._run(_sql.SELECT_ALL, None, ALL, retry=True)
         return [tenant_from_row(row) for row in rows]
 
     def create(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
@@ -184,12 +188,10 @@ class PostgresTenantRepository:
         params = tenant_params(
             tenant, now=utc(self._clock.now()), api_key_encrypted=encrypted
         )
-        row = _run(
-            self._pool,
+        row = self._run(
             _sql.INSERT_TENANT,
             params,
             ONE,
-            prepare=self._prepare,
             retry=False,
         )
         assert row is not None
@@ -208,9 +210,7 @@ class PostgresTenantRepository:
             expected=expected,
         )
         statement = _sql.UPDATE_TENANT[api_key is not None, expected is not None]
-        row = _run(
-            self._pool, statement, params, ONE, prepare=self._prepare, retry=False
-        )
+        row = self._run(statement, params, ONE, retry=False)
         if row is None:
             if expected is not None:
                 self.get_by_id(tenant.id)  # TenantNotFound if it is gone
@@ -221,12 +221,10 @@ class PostgresTenantRepository:
     def delete(self, tenant_id: str) -> None:
         if not is_canonical_id(tenant_id):
             raise _not_found()
-        deleted = _run(
-            self._pool,
+        deleted = self._run(
             _sql.DELETE_TENANT,
             {"id": tenant_id},
             COUNT,
-            prepare=self._prepare,
             retry=False,
         )
         if deleted == 0:
@@ -235,12 +233,10 @@ class PostgresTenantRepository:
     def reveal_api_key(self, tenant_id: str) -> str | None:
         if not is_canonical_id(tenant_id):
             raise _not_found()
-        row = _run(
-            self._pool,
+        row = self._run(
             _sql.SELECT_ENCRYPTED_KEY,
             {"id": tenant_id},
             ONE,
-            prepare=self._prepare,
             retry=True,
         )
         if row is None:
@@ -252,10 +248,11 @@ class PostgresTenantRepository:
         return self._cipher.decrypt(row[0], tenant_id)
 
 
-class PostgresUsageRepository:
+class PostgresUsageRepository(_AsyncPostgres):
     """Usage records in PostgreSQL; `record` is idempotent on (tenant, request)."""
 
     __module__ = "tenantstore"
+    __slots__ = ()
 
     def __init__(
         self,
@@ -264,18 +261,14 @@ class PostgresUsageRepository:
         clock: Clock | None = None,
         prepare: bool = True,
     ) -> None:
-        self._pool = pool
-        self._clock = clock or SYSTEM_CLOCK
-        self._prepare = prepare
+        super().__init__(pool, clock, prepare)
 
     def record(self, record: UsageRecord) -> bool:
         record = usage_for_write(record, utc(self._clock.now()))
-        inserted: int = _run(
-            self._pool,
+        inserted: int = self._run(
             _sql.INSERT_USAGE,
             usage_params(record),
             COUNT,
-            prepare=self._prepare,
             retry=True,
         )
         return inserted == 1
@@ -286,12 +279,10 @@ class PostgresUsageRepository:
         since = utc_datetime("since", since)
         if not is_canonical_id(tenant_id):
             return []
-        rows = _run(
-            self._pool,
+        rows = self._run(
             _sql.SELECT_USAGE_SINCE,
             {"tenant_id": tenant_id, "since": since},
             ALL,
-            prepare=self._prepare,
             retry=True,
         )
         return [usage_from_row(tenant_id, row) for row in rows]
@@ -300,11 +291,9 @@ class PostgresUsageRepository:
         since = utc_datetime("since", since)
         if not is_canonical_id(tenant_id):
             return _ZERO
-        row = _run(
-            self._pool,
+        row = self._run(
             *_total_cost_query(tenant_id, since),
             ONE,
-            prepare=self._prepare,
             retry=True,
         )
         assert row is not None
