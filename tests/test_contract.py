@@ -451,3 +451,22 @@ def test_update_of_a_stale_read_is_a_conflict(stores: Stores) -> None:
     stores.tenants.delete(tenant.id)
     with pytest.raises(TenantNotFound):
         stores.tenants.update(disabled)
+
+
+def test_a_pool_of_the_callers_without_autocommit_works(clean_db: str) -> None:
+    with ConnectionPool(clean_db, min_size=1, max_size=1) as own:
+        tenants = PostgresTenantRepository(own)
+        usage_repo = PostgresUsageRepository(own)
+        tenant, key = new_tenant()
+        tenants.create(tenant)
+        assert tenants.get_by_api_key(key).id == tenant.id
+        assert usage_repo.record(usage(tenant.id)) is True
+        with pytest.raises(Conflict):
+            tenants.create(tenant)
+        # Each statement ran in its own committed transaction: nothing left open,
+        # and another connection sees the writes.
+        with own.connection() as conn:
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with psycopg.connect(clean_db) as other:
+            count = other.execute("SELECT count(*) FROM usage_records").fetchone()
+        assert count == (1,)

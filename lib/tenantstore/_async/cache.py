@@ -20,7 +20,7 @@ from .._acompat import AFlight
 from .._cachestate import CacheState, CacheStats, Fill
 from ..clock import Clock, SystemClock
 from ..errors import InvalidInput, StoreUnavailable, TenantNotFound
-from ..keys import lookup_hash
+from ..keys import is_plausible_api_key
 from ..models import Tenant
 from ..validation import is_key_hash
 from .protocols import AsyncTenantRepository
@@ -125,14 +125,21 @@ class AsyncCachedTenantRepository:
         nothing that could be done at construction.
         """
         try:
-            entry = self._entries.get(_sha256(api_key.encode()).hexdigest())
+            key_hash = _sha256(api_key.encode()).hexdigest()
         except (AttributeError, TypeError, UnicodeEncodeError):
-            # Not a str, or lone surrogates: the miss path answers "not found".
-            entry = None
+            # Not a str, or lone surrogates: nobody's key.
+            return await self._lookup(None)
+        entry = self._entries.get(key_hash)
         if entry is not None and entry[1] > self._now():
             self._state.hits += 1
             return entry[0]
-        return await self._lookup(lookup_hash(api_key))
+        # A remembered miss answers before the checksum: only keys that passed it
+        # are ever remembered, and the hash is already at hand.
+        fresh_until = self._state.negatives.get(key_hash)
+        if fresh_until is not None and fresh_until > self._now():
+            self._state.negative_hits += 1
+            raise _not_found()
+        return await self._lookup(key_hash if is_plausible_api_key(api_key) else None)
 
     async def get_by_api_key_hash(self, api_key_hash: str) -> Tenant:
         """As `get_by_api_key`, for callers that hashed the key already."""

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 import psycopg
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from .. import _sql
@@ -100,21 +101,41 @@ class _AsyncPostgres:
         once more on a fresh connection. Only idempotent statements retry: reads,
         and the usage insert, which ON CONFLICT makes idempotent.
         """
+        pool = self._pool
         while True:
             conn = None
             try:
-                async with self._pool.connection() as conn:
-                    cur = await conn.execute(statement, params, prepare=self._prepare)
-                    if fetch == ONE:
-                        return await cur.fetchone()
-                    if fetch == ALL:
-                        return await cur.fetchall()
-                    return cur.rowcount
+                # getconn/putconn rather than `pool.connection()`: on an
+                # autocommit connection the latter's no-op commit costs about a
+                # third of the client's time on a lookup.
+                conn = await pool.getconn()
+                try:
+                    if conn.autocommit:
+                        return await self._execute(conn, statement, params, fetch)
+                    # Not one of ours (see `create_async_pool`): its own transaction.
+                    async with conn.transaction():
+                        return await self._execute(conn, statement, params, fetch)
+                finally:
+                    await pool.putconn(conn)
             except psycopg.Error as exc:
                 if retry and conn is not None and conn.broken:
                     retry = False
                     continue
                 raise translate_error(exc) from exc
+
+    async def _execute(
+        self,
+        conn: AsyncConnection[Any],
+        statement: str,
+        params: Mapping[str, Any] | None,
+        fetch: int,
+    ) -> Any:
+        cur = await conn.execute(statement, params, prepare=self._prepare)
+        if fetch == ONE:
+            return await cur.fetchone()
+        if fetch == ALL:
+            return await cur.fetchall()
+        return cur.rowcount
 
 
 class AsyncPostgresTenantRepository(_AsyncPostgres):

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 import psycopg
+from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
 from .. import _sql
@@ -101,21 +102,41 @@ class _AsyncPostgres:
         once more on a fresh connection. Only idempotent statements retry: reads,
         and the usage insert, which ON CONFLICT makes idempotent.
         """
+        pool = self._pool
         while True:
             conn = None
             try:
-                with self._pool.connection() as conn:
-                    cur = conn.execute(statement, params, prepare=self._prepare)
-                    if fetch == ONE:
-                        return cur.fetchone()
-                    if fetch == ALL:
-                        return cur.fetchall()
-                    return cur.rowcount
+                # getconn/putconn rather than `pool.connection()`: on an
+                # autocommit connection the latter's no-op commit costs about a
+                # third of the client's time on a lookup.
+                conn = pool.getconn()
+                try:
+                    if conn.autocommit:
+                        return self._execute(conn, statement, params, fetch)
+                    # Not one of ours (see `create_async_pool`): its own transaction.
+                    with conn.transaction():
+                        return self._execute(conn, statement, params, fetch)
+                finally:
+                    pool.putconn(conn)
             except psycopg.Error as exc:
                 if retry and conn is not None and conn.broken:
                     retry = False
                     continue
                 raise translate_error(exc) from exc
+
+    def _execute(
+        self,
+        conn: Connection[Any],
+        statement: str,
+        params: Mapping[str, Any] | None,
+        fetch: int,
+    ) -> Any:
+        cur = conn.execute(statement, params, prepare=self._prepare)
+        if fetch == ONE:
+            return cur.fetchone()
+        if fetch == ALL:
+            return cur.fetchall()
+        return cur.rowcount
 
 
 class PostgresTenantRepository(_AsyncPostgres):
