@@ -1,4 +1,9 @@
-DROP TRIGGER IF EXISTS usage_records_daily_totals_truncate ON usage_records;
-DROP TRIGGER IF EXISTS usage_records_daily_totals ON usage_records;
-DROP FUNCTION IF EXISTS tenantstore_usage_daily_totals();
+DROP TRIGGER IF EXISTS usage_records_totals_truncate ON usage_records;
+DROP TRIGGER IF EXISTS usage_records_totals_delete ON usage_records;
+DROP TRIGGER IF EXISTS usage_records_totals_update_add ON usage_records;
+DROP TRIGGER IF EXISTS usage_records_totals_update_remove ON usage_records;
+DROP TRIGGER IF EXISTS usage_records_totals_insert ON usage_records;
+DROP FUNCTION IF EXISTS tenantstore_usage_totals_truncate();
+DROP FUNCTION IF EXISTS tenantstore_usage_totals_remove();
+DROP FUNCTION IF EXISTS tenantstore_usage_totals_add();
 DROP TABLE IF EXISTS usage_daily_totals;
