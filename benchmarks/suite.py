@@ -1,0 +1,24 @@
+"""Every scenario, in the order a run takes them (and the table shows them)."""
+
+from __future__ import annotations
+
+from benchmarks import (
+    scenarios_async,
+    scenarios_cache,
+    scenarios_tenants,
+    scenarios_usage,
+)
+from benchmarks.scenario import Scenario
+
+__all__ = ["SCENARIOS", "by_name"]
+
+SCENARIOS: tuple[Scenario, ...] = (
+    *scenarios_cache.SCENARIOS,
+    *scenarios_tenants.SCENARIOS,
+    *scenarios_usage.SCENARIOS,
+    *scenarios_async.SCENARIOS,
+)
+
+
+def by_name() -> dict[str, Scenario]:
+    return {s.name: s for s in SCENARIOS}
