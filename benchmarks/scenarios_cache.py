@@ -1,11 +1,19 @@
-"""In-process lookups: the cache's hit and negative hit, and the in-memory backend.
+"""In-process lookups: the cache's hit and negative hit, and the in-memory backend;
+and the cache's miss, which fills from PostgreSQL.
 
-Each is compared with the floor of a cached key lookup — SHA-256 of the key and one
-`dict.get`, in a plain function over a dict holding the same entries — measured in
-batches with the same loop (see `scenario.looped`). The cache is built with TTLs far
+Each in-process lookup is compared with the floor of a cached key lookup — SHA-256
+of the key and one `dict.get`, in a plain function over a dict holding the same
+entries — measured in batches with the same loop (see `scenario.looped`). The cache
+is built with TTLs far
 longer than the run, so that every timed call is a hit: what a hit costs, not how
 often one happens. The working set is the same 1,000 keys (fewer in tiny mode) for
 ours and the floor, filled before the clock starts.
+
+The miss (`cache-miss`) is the other end: a cache whose entries expire a
+microsecond after their fill started (`MISS_TTL`, on the system clock), so that every
+lookup is the first one after expiry and fills from PostgreSQL, against the uncached
+`PostgresTenantRepository` lookup of the same keys on the same pool (the floor).
+Every result is checked, and that it took exactly one fill.
 """
 
 from __future__ import annotations
@@ -25,12 +33,14 @@ from benchmarks.measure import (
     Variant,
     async_batched,
     batched,
+    per_call,
 )
 from benchmarks.scenario import (
     Context,
     Scenario,
     batches,
     check_tenant,
+    cycle,
     export,
     floor_lookup,
     looped,
@@ -50,6 +60,7 @@ __all__ = ["SCENARIOS"]
 WORKING_SET = 1_000
 HIT_TARGET = Target(2.0, "≤ 2.00x")
 FLOOR_LABEL = "floor: sha256(key) + dict.get"
+MISS_TTL = 1e-6  # seconds: expired before the fill that stored it returns
 
 
 def cache_options(cls: Callable[..., Any]) -> dict[str, Any]:
@@ -168,6 +179,46 @@ def cache_negative(ctx: Context) -> Iterator[list[Variant]]:
             _close(cached)
 
 
+@contextlib.contextmanager
+def cache_miss(ctx: Context) -> Iterator[list[Variant]]:
+    lookup = ctx.data.lookup()
+    by_key = lookup.tenants.by_key
+    keys = random.Random(6).sample(lookup.tenants.keys, len(lookup.tenants.keys))
+    arg = cycle(keys)
+    check = check_tenant(lambda key: by_key[key].id)
+    with create_pool(lookup.url) as pool:
+        repo = PostgresTenantRepository(pool)
+        cls = export("CachedTenantRepository")
+        cached = cls(repo, **{**cache_options(cls), "ttl": MISS_TTL})
+        fills = cached.stats().fills
+
+        def check_filled(key: str, result: Any) -> None:
+            nonlocal fills
+            check(key, result)
+            now = cached.stats().fills
+            if now != fills + 1:
+                raise CheckFailed(f"expected one fill, got {now - fills}")
+            fills = now
+
+        try:
+            yield [
+                Variant(
+                    "CachedTenantRepository(Postgres) miss, fills",
+                    "ours",
+                    per_call(cached.get_by_api_key, arg, check_filled),
+                    note=f"every entry expired (ttl {MISS_TTL:g} s)",
+                ),
+                Variant(
+                    "floor: PostgresTenantRepository.get_by_api_key",
+                    "floor",
+                    per_call(repo.get_by_api_key, arg, check),
+                    note="no cache, same pool",
+                ),
+            ]
+        finally:
+            _close(cached)
+
+
 def _memory_repo(ctx: Context) -> tuple[InMemoryTenantRepository, list[str]]:
     n = min(WORKING_SET, ctx.sizes.tenants)
     made = make_tenants(n, "memory")
@@ -279,6 +330,13 @@ SCENARIOS = (
         "cache-negative",
         "get_by_api_key, cached negative hit (unknown key)",
         cache_negative,
+        requires=("CachedTenantRepository",),
+    ),
+    Scenario(
+        "cache-miss",
+        "get_by_api_key, cache miss filled from PostgreSQL (first lookup after "
+        "expiry), {s.tenants:,} tenants",
+        cache_miss,
         requires=("CachedTenantRepository",),
     ),
     Scenario(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from benchmarks import (
     scenarios_async,
     scenarios_cache,
+    scenarios_revocation,
     scenarios_tenants,
     scenarios_usage,
 )
@@ -14,6 +15,7 @@ __all__ = ["SCENARIOS", "by_name"]
 
 SCENARIOS: tuple[Scenario, ...] = (
     *scenarios_cache.SCENARIOS,
+    *scenarios_revocation.SCENARIOS,
     *scenarios_tenants.SCENARIOS,
     *scenarios_usage.SCENARIOS,
     *scenarios_async.SCENARIOS,
