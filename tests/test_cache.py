@@ -42,8 +42,8 @@ from tenantstore import (
 from tenantstore._cachestate import parse_notification
 from tenantstore.keys import KEY_PREFIX
 from tests.fix_backends import FakeClock
+from tests.polling import async_wait_until, wait_until
 
-DEADLINE = 10.0
 IDS = [f"0000000{i}-abcd-4ef0-8abc-def012345678" for i in range(4)]
 KEYS = [generate_api_key() for _ in range(4)] + ["sk-legacy-0001", "ключ-ünïcode"]
 ODD = [
@@ -57,23 +57,6 @@ ODD = [
     "0" * 64,
     hash_api_key(KEYS[0]).upper(),
 ]
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll `condition` until it holds; fail after DEADLINE seconds."""
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.001)
-
-
-async def async_wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        await asyncio.sleep(0)
 
 
 def tenant(n: int = 0, key: str = KEYS[0], **changes: Any) -> Tenant:

@@ -37,7 +37,7 @@ from tenantstore import (
     hash_api_key,
     migrate,
 )
-from tenantstore._pgerrors import TRANSLATE, translate_error
+from tenantstore._pgerrors import translate_error
 
 
 def all_subclasses(cls: type[BaseException]) -> Iterator[type[BaseException]]:
@@ -53,11 +53,8 @@ DRIVER_ERRORS = sorted(
 
 @pytest.mark.parametrize("cls", DRIVER_ERRORS, ids=lambda c: c.__qualname__)
 def test_every_driver_error_becomes_ours(cls: type[psycopg.Error]) -> None:
-    with pytest.raises(TenantStoreError) as info, TRANSLATE:
-        raise cls("boom")
-    assert info.value.__cause__ is not None
-    assert type(info.value.__cause__) is cls
     mapped = translate_error(cls("boom"))
+    assert isinstance(mapped, TenantStoreError)
     if issubclass(cls, pge.UniqueViolation):
         assert isinstance(mapped, Conflict)
     elif issubclass(cls, pge.ForeignKeyViolation):
@@ -75,11 +72,6 @@ def test_pool_errors_are_unavailable() -> None:
         psycopg_pool.TooManyRequests,
     ):
         assert isinstance(translate_error(cls("x")), StoreUnavailable)
-
-
-def test_other_exceptions_pass_through_untouched() -> None:
-    with pytest.raises(KeyError), TRANSLATE:
-        raise KeyError("not a driver error")
 
 
 def new_tenant() -> tuple[Tenant, str]:

@@ -39,24 +39,7 @@ from tenantstore import (
     hash_api_key,
 )
 from tests.fix_backends import FakeClock
-
-DEADLINE = 20.0
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.001)
-
-
-async def async_wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        await asyncio.sleep(0.001)
+from tests.polling import DEADLINE, async_wait_until, wait_until
 
 
 def sql_exec(url: str, statement: str, *params: Any) -> None:

@@ -1,7 +1,7 @@
 """The one place where psycopg and psycopg_pool exceptions become tenantstore's.
 
-`TRANSLATE` is a context manager (sync and async code alike) around every use of a
-connection or pool. It picks the most specific mapping and raises `from` the
+`translate_error` is called wherever a connection or pool is used (the repositories'
+one `_run`). It picks the most specific mapping, and the caller raises it `from` the
 driver's error, so the cause stays inspectable; anything unmapped becomes a plain
 `TenantStoreError`, a bug to report. `tests/test_faults.py` walks every psycopg
 exception class to prove the map total.
@@ -9,7 +9,6 @@ exception class to prove the map total.
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Final
 
 import psycopg
@@ -66,22 +65,3 @@ def translate_error(exc: psycopg.Error) -> TenantStoreError:
     if isinstance(exc, _SCHEMA):
         return TenantStoreError(_SCHEMA_HINT)
     return TenantStoreError(f"unexpected database error ({type(exc).__name__})")
-
-
-class _Translate:
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if isinstance(exc, psycopg.Error):
-            raise translate_error(exc) from exc
-
-
-TRANSLATE: Final = _Translate()
