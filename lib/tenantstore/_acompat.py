@@ -1,6 +1,6 @@
 """Paired primitives so one source serves both twins: the async name and its sync twin.
 
-unasync maps each async name here to its sync partner (`ALock` -> `Lock`, ...), so the
+unasync maps each async name here to its sync partner (`AEvent` -> `Event`, ...), so the
 generated `_sync/` modules import the sync side. Nothing here does I/O of its own.
 """
 
@@ -8,25 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar, cast
 
 __all__ = [
     "AEvent",
     "AFlight",
-    "ALock",
     "AWorker",
     "Event",
     "Flight",
     "Lock",
     "Worker",
     "aevent_wait",
-    "asleep",
     "aspawn",
     "astop_worker",
     "event_wait",
-    "sleep",
     "spawn",
     "stop_worker",
 ]
@@ -34,11 +30,8 @@ __all__ = [
 T = TypeVar("T")
 
 Lock = threading.Lock
-ALock = asyncio.Lock
 Event = threading.Event
 AEvent = asyncio.Event
-sleep = time.sleep
-asleep = asyncio.sleep
 Worker = threading.Thread
 AWorker = asyncio.Task[None]
 
