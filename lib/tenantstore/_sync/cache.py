@@ -134,13 +134,7 @@ class CachedTenantRepository:
         if entry is not None and entry[1] > self._now():
             self._state.hits += 1
             return entry[0]
-        # A remembered miss answers before the checksum: only keys that passed it
-        # are ever remembered, and the hash is already at hand.
-        fresh_until = self._state.negatives.get(key_hash)
-        if fresh_until is not None and fresh_until > self._now():
-            self._state.negative_hits += 1
-            raise _not_found()
-        return self._lookup(key_hash if is_plausible_api_key(api_key) else None)
+        return self._lookup(key_hash, api_key)
 
     def get_by_api_key_hash(self, api_key_hash: str) -> Tenant:
         """As `get_by_api_key`, for callers that hashed the key already."""
@@ -153,14 +147,21 @@ class CachedTenantRepository:
             return entry[0]
         return self._lookup(api_key_hash if is_key_hash(api_key_hash) else None)
 
-    def _lookup(self, key: str | None) -> Tenant:
+    def _lookup(self, key: str | None, api_key: str | None = None) -> Tenant:
+        """The miss path for hash `key` (None: nobody's key); `api_key`, when
+        given, must pass its checksum before the store is asked."""
         state = self._state
         if key is None:
             state.rejected += 1
             raise _not_found()
+        # A remembered miss answers before the checksum: only keys that passed it
+        # are ever remembered, and the hash is already at hand.
         fresh_until = state.negatives.get(key)
         if fresh_until is not None and fresh_until > self._now():
             state.negative_hits += 1
+            raise _not_found()
+        if api_key is not None and not is_plausible_api_key(api_key):
+            state.rejected += 1
             raise _not_found()
         joined = state.join(key, self._new_flight)
         if isinstance(joined, Tenant):
