@@ -20,6 +20,7 @@ import tenantstore.errors
 from tenantstore import (
     CipherError,
     Conflict,
+    DatabaseUnreachable,
     InvalidInput,
     StoreUnavailable,
     TenantNotFound,
@@ -37,6 +38,7 @@ ERROR_BASES: dict[type[Exception], tuple[type, ...]] = {
     Conflict: (TenantStoreError,),
     InvalidInput: (TenantStoreError, ValueError),
     StoreUnavailable: (TenantStoreError,),
+    DatabaseUnreachable: (StoreUnavailable,),
     CipherError: (TenantStoreError,),
 }
 

@@ -18,6 +18,7 @@ from .clock import Clock, SystemClock
 from .errors import (
     CipherError,
     Conflict,
+    DatabaseUnreachable,
     InvalidInput,
     StoreUnavailable,
     TenantNotFound,
@@ -53,6 +54,7 @@ __all__ = [
     "CipherError",
     "Clock",
     "Conflict",
+    "DatabaseUnreachable",
     "InMemoryTenantRepository",
     "InMemoryUsageRepository",
     "InvalidInput",

@@ -6,6 +6,8 @@ TenantStoreError        base of everything we raise
 ├── Conflict            duplicate id or api_key_hash
 ├── InvalidInput        also ValueError; .field names the field
 ├── StoreUnavailable    unreachable, pool exhausted, timeout; __cause__ is the driver's
+│   └── DatabaseUnreachable   no connection could be made or kept: the server is down
+│                             or the path to it is dead (not: busy, slow, exhausted)
 └── CipherError         a stored API-key ciphertext cannot be decrypted
 ```
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 __all__ = [
     "CipherError",
     "Conflict",
+    "DatabaseUnreachable",
     "InvalidInput",
     "StoreUnavailable",
     "TenantNotFound",
@@ -68,6 +71,19 @@ class StoreUnavailable(TenantStoreError):
     """The store cannot answer now: database unreachable, pool exhausted, timeout.
 
     The driver's exception is ``__cause__``. Retrying later may succeed.
+    """
+
+    __module__ = "tenantstore"
+
+
+class DatabaseUnreachable(StoreUnavailable):
+    """The database cannot be reached: connecting failed, or the connection was
+    lost or its path went dead past the call's deadline.
+
+    Raised instead of a plain `StoreUnavailable` only when the database is known
+    to be out of reach; a busy database (an exhausted pool whose connections are
+    all in use, a statement timeout) raises `StoreUnavailable` itself. The caching
+    layer's `stale_if_error` serves only on this one.
     """
 
     __module__ = "tenantstore"
