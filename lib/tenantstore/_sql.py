@@ -20,7 +20,7 @@ from pypika import (
     Table,
 )
 from pypika import functions as fn
-from pypika.terms import LiteralValue
+from pypika.terms import LiteralValue, NullValue
 
 __all__ = [
     "TENANT_COLUMNS",
@@ -39,6 +39,7 @@ def _p(name: str) -> Any:
 
 
 _greatest = CustomFunction("GREATEST", ["a", "b"])
+_array_remove = CustomFunction("array_remove", ["array", "element"])
 
 # Order and meaning of the columns _rows.tenant_from_row reads.
 TENANT_COLUMNS: Final = (
@@ -54,9 +55,37 @@ TENANT_COLUMNS: Final = (
     "created_at",
     "updated_at",
 )
-_tenant_select: Final = [_fn.Cast(tenants.id, "text")] + [
-    tenants.field(c) for c in TENANT_COLUMNS[1:]
+
+
+def _text_array(column: str) -> Any:
+    # NULL elements are dropped and a NULL array is empty: no None inside a tuple
+    # of str (migration 002's backfill makes the same of them).
+    return _fn.Coalesce(
+        _array_remove(tenants.field(column), NullValue()), LiteralValue("'{}'")
+    )
+
+
+# Every column as a well-typed value, whatever a writer around our validation (the
+# Go service, psql, a database before migration 002) left in the row: a NULL
+# becomes the column's default, except `enabled`, where NULL is "not enabled" as
+# the Go service reads it (its lookup asks for `enabled = true`). Values of the
+# right type but outside our rules (rpm -1, a blank name) are returned as stored.
+# Done here, not in _rows: the row conversion is on the hot path, these cost the
+# server nothing measurable.
+_tenant_select: Final = [
+    _fn.Cast(tenants.id, "text"),
+    tenants.name,
+    tenants.api_key_hash,
+    _fn.Coalesce(tenants.budget_usd, LiteralValue("0.00")),
+    _fn.Coalesce(tenants.rate_limit_rpm, 60),
+    _text_array("allowed_models"),
+    tenants.default_provider,
+    _text_array("fallback_providers"),
+    _fn.Coalesce(tenants.enabled, False),
+    tenants.created_at,
+    tenants.updated_at,
 ]
+assert len(_tenant_select) == len(TENANT_COLUMNS)
 
 SELECT_ENABLED_BY_HASH: Final[str] = (
     Query.from_(tenants)
@@ -130,10 +159,25 @@ DELETE_TENANT: Final[str] = (
     Query.from_(tenants).delete().where(tenants.id == _p("id")).get_sql()
 )
 
+# The stored copy and the hash it must still match (see `reveal_api_key`).
 SELECT_ENCRYPTED_KEY: Final[str] = (
     Query.from_(tenants)
-    .select(tenants.api_key_encrypted)
+    .select(tenants.api_key_encrypted, tenants.api_key_hash)
     .where(tenants.id == _p("id"))
+    .get_sql()
+)
+
+# `enabled` (and the version) only: no other column is read, checked or written,
+# so a row that holds values our validation rejects can still be disabled.
+SET_ENABLED: Final[str] = (
+    Query.update(tenants)
+    .set(tenants.enabled, _p("enabled"))
+    .set(
+        tenants.updated_at,
+        _greatest(_p("now"), tenants.updated_at + Interval(microseconds=1)),
+    )
+    .where(tenants.id == _p("id"))
+    .returning(*_tenant_select)
     .get_sql()
 )
 

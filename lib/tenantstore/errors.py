@@ -4,6 +4,7 @@
 TenantStoreError        base of everything we raise
 ├── TenantNotFound      also LookupError
 ├── Conflict            duplicate id or api_key_hash
+│   └── StaleVersion    the tenant changed since it was read (optimistic update)
 ├── InvalidInput        also ValueError; .field names the field
 ├── StoreUnavailable    unreachable, pool exhausted, timeout; __cause__ is the driver's
 └── CipherError         a stored API-key ciphertext cannot be decrypted
@@ -18,6 +19,7 @@ __all__ = [
     "CipherError",
     "Conflict",
     "InvalidInput",
+    "StaleVersion",
     "StoreUnavailable",
     "TenantNotFound",
     "TenantStoreError",
@@ -41,7 +43,19 @@ class TenantNotFound(TenantStoreError, LookupError):
 
 
 class Conflict(TenantStoreError):
-    """A write clashes with existing data: a duplicate id or api_key_hash."""
+    """A write clashes with existing data: a duplicate id or api_key_hash.
+
+    Retrying the same write fails the same way. Its subclass `StaleVersion` is the
+    one conflict a read-modify-write should retry (read again, reapply).
+    """
+
+    __module__ = "tenantstore"
+
+
+class StaleVersion(Conflict):
+    """An optimistic `update` found another version: the tenant changed (its
+    `updated_at` moved) since the caller read it. Read it again, reapply the
+    change, and update again; nothing was written."""
 
     __module__ = "tenantstore"
 
