@@ -25,6 +25,7 @@ from pypika.terms import LiteralValue, NullValue
 __all__ = [
     "TENANT_COLUMNS",
     "USAGE_COLUMNS",
+    "tenant_select",
 ]
 
 tenants: Any = Table("tenants")
@@ -57,34 +58,40 @@ TENANT_COLUMNS: Final = (
 )
 
 
-def _text_array(column: str) -> Any:
-    # NULL elements are dropped and a NULL array is empty: no None inside a tuple
-    # of str (migration 002's backfill makes the same of them).
-    return _fn.Coalesce(
-        _array_remove(tenants.field(column), NullValue()), LiteralValue("'{}'")
-    )
+def tenant_select(table: Any) -> list[Any]:
+    """The select list of a tenant row, in `TENANT_COLUMNS` order, over `table`.
+
+    Every column comes out well-typed, whatever a writer around our validation (the
+    Go service, psql, a database before migration 002) left in the row: a NULL
+    becomes the column's default, except `enabled`, where NULL is "not enabled" as
+    the Go service reads it (its lookup asks for `enabled = true`); NULL elements
+    of the text arrays are dropped (migration 002's backfill makes the same of
+    them). Values of the right type outside our rules (rpm -1, a blank name) are
+    returned as stored. Done here, not in _rows: the row conversion is on the hot
+    path, and these cost the server nothing measurable.
+    """
+
+    def text_array(column: str) -> Any:
+        return _fn.Coalesce(
+            _array_remove(table.field(column), NullValue()), LiteralValue("'{}'")
+        )
+
+    return [
+        _fn.Cast(table.id, "text"),
+        table.name,
+        table.api_key_hash,
+        _fn.Coalesce(table.budget_usd, LiteralValue("0.00")),
+        _fn.Coalesce(table.rate_limit_rpm, 60),
+        text_array("allowed_models"),
+        table.default_provider,
+        text_array("fallback_providers"),
+        _fn.Coalesce(table.enabled, False),
+        table.created_at,
+        table.updated_at,
+    ]
 
 
-# Every column as a well-typed value, whatever a writer around our validation (the
-# Go service, psql, a database before migration 002) left in the row: a NULL
-# becomes the column's default, except `enabled`, where NULL is "not enabled" as
-# the Go service reads it (its lookup asks for `enabled = true`). Values of the
-# right type but outside our rules (rpm -1, a blank name) are returned as stored.
-# Done here, not in _rows: the row conversion is on the hot path, these cost the
-# server nothing measurable.
-_tenant_select: Final = [
-    _fn.Cast(tenants.id, "text"),
-    tenants.name,
-    tenants.api_key_hash,
-    _fn.Coalesce(tenants.budget_usd, LiteralValue("0.00")),
-    _fn.Coalesce(tenants.rate_limit_rpm, 60),
-    _text_array("allowed_models"),
-    tenants.default_provider,
-    _text_array("fallback_providers"),
-    _fn.Coalesce(tenants.enabled, False),
-    tenants.created_at,
-    tenants.updated_at,
-]
+_tenant_select: Final = tenant_select(tenants)
 assert len(_tenant_select) == len(TENANT_COLUMNS)
 
 SELECT_ENABLED_BY_HASH: Final[str] = (
