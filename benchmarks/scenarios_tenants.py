@@ -63,9 +63,12 @@ def sqlalchemy_lookup() -> sa.Select[Any]:
     t = sa.table("tenants", *(sa.column(c) for c in _sql.TENANT_COLUMNS))
 
     def text_array(column: str) -> Any:
-        return sa.func.coalesce(
-            sa.func.array_remove(t.c[column], sa.null()), sa.literal_column("'{}'")
+        empty: Any = sa.literal_column("'{}'")
+        one_dimension = sa.case(
+            (sa.func.array_ndims(t.c[column]) > sa.literal_column("1"), empty),
+            else_=sa.func.array_remove(t.c[column], sa.null()),
         )
+        return sa.func.coalesce(one_dimension, empty)
 
     # The same well-typed columns as `_sql.tenant_select`: the same work for the
     # server, so the rows compare the clients.

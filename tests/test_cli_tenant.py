@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlencode
 
 import psycopg
 import pytest
@@ -495,11 +496,11 @@ def test_a_password_on_the_command_line_draws_a_warning_that_does_not_show_it(
         clean_db, password="hunter2-not-echoed"
     )
     user = conninfo.get("user", "postgres")
-    host = conninfo.get("host", "127.0.0.1")
-    port = conninfo.get("port", "5432")
-    as_url = (
-        f"postgresql://{user}:hunter2-not-echoed@{host}:{port}/{conninfo['dbname']}"
+    # Host and port as query parameters: the host may be a socket directory.
+    where = urlencode(
+        [(k, str(conninfo[k])) for k in ("host", "port") if k in conninfo]
     )
+    as_url = f"postgresql://{user}:hunter2-not-echoed@/{conninfo['dbname']}?{where}"
     for url in (with_password, as_url):
         assert main(["tenant", "list", "--json", "--database-url", url]) == 0
         captured = capsys.readouterr()
@@ -509,6 +510,11 @@ def test_a_password_on_the_command_line_draws_a_warning_that_does_not_show_it(
             "password" in captured.err
         )
         assert "DATABASE_URL" in captured.err
+        assert "hunter2" not in captured.err + captured.out
+        # Every command warns, migrate's too.
+        assert main(["migrate", "status", "--database-url", url]) == 0
+        captured = capsys.readouterr()
+        assert "warning: the --database-url" in captured.err
         assert "hunter2" not in captured.err + captured.out
     # The same URL from the environment, or one without a password: no warning.
     monkeypatch.setenv("DATABASE_URL", as_url)

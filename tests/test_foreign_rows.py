@@ -82,12 +82,15 @@ ODD: dict[str, dict[str, Any]] = {
     "NULL model": {"allowed_models": [None, "gpt-4o", None]},
     "NULL fallback": {"fallback_providers": [None]},
     "long fallback": {"fallback_providers": ["p" * 60]},
+    "2-D models": {"allowed_models": [["a", "b"], ["c", None]]},
     "blank model": {"allowed_models": ["gpt-4o", " "]},
 }
 # What each odd row reads back as: NULL elements are dropped, the rest as stored.
 READ_AS: dict[str, dict[str, Any]] = {
     "NULL model": {"allowed_models": ("gpt-4o",)},
     "NULL fallback": {"fallback_providers": ()},
+    # Not a list of text (only psql can store it; the Go service fails to read it).
+    "2-D models": {"allowed_models": ()},
 }
 
 
