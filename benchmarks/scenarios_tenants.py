@@ -24,7 +24,6 @@ import psycopg
 import sqlalchemy as sa
 from psycopg_pool import ConnectionPool
 from pypika import Parameter, PostgreSQLQuery, Table
-from pypika import functions as _pypika_fn
 
 from benchmarks.measure import CheckFailed, Target, Variant, per_call
 from benchmarks.scenario import (
@@ -44,18 +43,14 @@ FLOOR_LABEL = "hand-written psycopg, same pool"
 FLOOR_TARGET = Target(1.10, "≤ 1.10x")
 SQLA_TARGET = Target(0.50, "≥ 2x faster")
 _sha256 = hashlib.sha256
-pypika_fn: Any = _pypika_fn  # PyPika's typing is partial
 
 
 def pypika_lookup_sql() -> str:
     """SELECT_ENABLED_BY_HASH, built from scratch as a per-call builder would."""
     tenants: Any = Table("tenants")
-    columns = [pypika_fn.Cast(tenants.id, "text")] + [
-        tenants.field(c) for c in _sql.TENANT_COLUMNS[1:]
-    ]
     query: Any = (
         PostgreSQLQuery.from_(tenants)
-        .select(*columns)
+        .select(*_sql.tenant_select(tenants))
         .where(tenants.api_key_hash == Parameter("%(hash)s"))
         .where(tenants.enabled == True)  # noqa: E712  (PyPika builds SQL from ==)
     )
@@ -66,7 +61,30 @@ def pypika_lookup_sql() -> str:
 def sqlalchemy_lookup() -> sa.Select[Any]:
     """The same SELECT in SQLAlchemy Core (compiled once, then from its cache)."""
     t = sa.table("tenants", *(sa.column(c) for c in _sql.TENANT_COLUMNS))
-    columns = [sa.cast(t.c.id, sa.Text)] + [t.c[c] for c in _sql.TENANT_COLUMNS[1:]]
+
+    def text_array(column: str) -> Any:
+        empty: Any = sa.literal_column("'{}'")
+        one_dimension = sa.case(
+            (sa.func.array_ndims(t.c[column]) > sa.literal_column("1"), empty),
+            else_=sa.func.array_remove(t.c[column], sa.null()),
+        )
+        return sa.func.coalesce(one_dimension, empty)
+
+    # The same well-typed columns as `_sql.tenant_select`: the same work for the
+    # server, so the rows compare the clients.
+    columns = [
+        sa.cast(t.c.id, sa.Text),
+        t.c.name,
+        t.c.api_key_hash,
+        sa.func.coalesce(t.c.budget_usd, sa.literal_column("0.00")),
+        sa.func.coalesce(t.c.rate_limit_rpm, sa.literal_column("60")),
+        text_array("allowed_models"),
+        t.c.default_provider,
+        text_array("fallback_providers"),
+        sa.func.coalesce(t.c.enabled, sa.false()),
+        t.c.created_at,
+        t.c.updated_at,
+    ]
     return (
         sa.select(*columns)
         .where(t.c.api_key_hash == sa.bindparam("hash"))

@@ -50,12 +50,33 @@ ODD_LOOKUPS = st.one_of(
     st.text(max_size=80),
 )
 
+# Not a str at all, as a caller's bug passes it: each is simply not found (never a
+# TypeError), including a UUID object for a real id and unhashable values.
+NON_STR_LOOKUPS = st.sampled_from(
+    [
+        None,
+        0,
+        5,
+        1.5,
+        True,
+        b"bytes",
+        bytearray(b"x"),
+        ["x"],
+        [IDS[0]],
+        (IDS[0],),
+        {IDS[0]: 1},
+        uuid.UUID(IDS[0]),
+        IDS[0].encode(),
+    ]
+)
+
 ids = st.sampled_from(IDS)
 keys = st.sampled_from(KEYS)
 request_ids = st.sampled_from(REQUEST_IDS)
-# Mostly real ids and keys, sometimes anything at all.
-some_ids = st.integers(0, 4).flatmap(lambda i: ODD_LOOKUPS if i == 0 else ids)
-some_keys = st.integers(0, 4).flatmap(lambda i: ODD_LOOKUPS if i == 0 else keys)
+# Mostly real ids and keys, sometimes anything at all (a str or not).
+_odd = st.one_of(ODD_LOOKUPS, NON_STR_LOOKUPS)
+some_ids = st.integers(0, 4).flatmap(lambda i: _odd if i == 0 else ids)
+some_keys = st.integers(0, 4).flatmap(lambda i: _odd if i == 0 else keys)
 
 valid_names = st.one_of(
     st.sampled_from(["Acme", "acme", "Ünïcode Ltd", "🙂", "'; DROP TABLE tenants; --"]),

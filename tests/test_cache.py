@@ -115,6 +115,9 @@ class Inner:
     def update(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
         return self.real.update(tenant, api_key=api_key)
 
+    def set_enabled(self, tenant_id: str, enabled: bool) -> Tenant:
+        return self.real.set_enabled(tenant_id, enabled)
+
     def delete(self, tenant_id: str) -> None:
         self.real.delete(tenant_id)
 
@@ -172,6 +175,9 @@ class AsyncInner:
 
     async def update(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
         return await self.real.update(tenant, api_key=api_key)
+
+    async def set_enabled(self, tenant_id: str, enabled: bool) -> Tenant:
+        return await self.real.set_enabled(tenant_id, enabled)
 
     async def delete(self, tenant_id: str) -> None:
         await self.real.delete(tenant_id)
@@ -495,6 +501,45 @@ def test_a_failed_write_still_invalidates() -> None:
         cache.update(dataclasses.replace(stored, enabled=False))
     with pytest.raises(TenantNotFound):
         cache.get_by_api_key(KEYS[0])
+
+
+def test_set_enabled_through_the_cache_revokes_and_restores_at_once() -> None:
+    inner = Inner()
+    stored = inner.create(tenant())
+    cache = CachedTenantRepository(inner)
+    assert cache.get_by_api_key(KEYS[0]).id == stored.id  # cached
+    disabled = cache.set_enabled(stored.id, False)
+    assert disabled.enabled is False
+    with pytest.raises(TenantNotFound):
+        cache.get_by_api_key(KEYS[0])  # the entry went; "unknown" is now cached
+    lookups = inner.lookups
+    assert cache.set_enabled(stored.id, True).enabled is True
+    # The negative entry under its hash went too: the next lookup asks the store.
+    assert cache.get_by_api_key(KEYS[0]).enabled is True
+    assert inner.lookups == lookups + 1
+
+
+def test_a_failed_set_enabled_still_invalidates() -> None:
+    class Failing(Inner):
+        def set_enabled(self, tenant_id: str, enabled: bool) -> Tenant:
+            self.real.set_enabled(tenant_id, enabled)
+            raise StoreUnavailable("the connection broke before the reply")
+
+    inner = Failing()
+    stored = inner.create(tenant())
+    cache = CachedTenantRepository(inner)
+    cache.get_by_api_key(KEYS[0])
+    with pytest.raises(StoreUnavailable):
+        cache.set_enabled(stored.id, False)
+    with pytest.raises(TenantNotFound):
+        cache.get_by_api_key(KEYS[0])
+
+
+def test_set_enabled_of_an_odd_id_through_the_cache_is_not_found() -> None:
+    cache = CachedTenantRepository(Inner())
+    for odd in ("", IDS[0].upper(), ["x"], None):
+        with pytest.raises(TenantNotFound):
+            cache.set_enabled(odd, False)  # type: ignore[arg-type]
 
 
 def test_reads_by_id_and_list_pass_through() -> None:

@@ -24,7 +24,7 @@ from tenantstore import (
     generate_api_key,
     hash_api_key,
 )
-from tenantstore.cipher import encrypted_key_for_write
+from tenantstore.cipher import MIN_DISTINCT_BYTES, encrypted_key_for_write
 
 # Fixed, recognisable key material, so a leak is easy to search for.
 OLD_KEY = bytes(range(32))
@@ -331,6 +331,46 @@ def test_malformed_rings_are_invalid_input(
     assert info.value.field == field
     for shown in renderings(info.value):
         assert not leaks(shown, OLD_KEY, NEW_KEY), shown
+
+
+LOW_ENTROPY_KEYS = [
+    bytes(32),
+    b"\xff" * 32,
+    b"A" * 32,
+    b"ab" * 16,
+    bytes(range(8)) * 4,
+    bytes(range(15)) * 2 + b"\x00\x01",  # a 15-byte pattern
+    OLD_KEY[:1] * 18 + OLD_KEY[1:15],  # 15 distinct values: one short of the rule
+]
+
+
+@pytest.mark.parametrize("weak", LOW_ENTROPY_KEYS, ids=lambda k: k[:4].hex())
+def test_a_key_of_very_low_entropy_is_refused(weak: bytes) -> None:
+    """Item 13: all zeros, one byte repeated, a short pattern: never a random key."""
+    assert len(weak) == 32
+    assert len(set(weak)) < MIN_DISTINCT_BYTES
+    for ring in ({"k1": weak}, {"k1": OLD_KEY, "k2": weak}):
+        with pytest.raises(InvalidInput) as info:
+            KeyCipher(ring)
+        assert info.value.field == "keys"
+        assert "not random" in str(info.value)
+        for shown in renderings(info.value):
+            assert not leaks(shown, weak, OLD_KEY), shown
+    with pytest.raises(InvalidInput) as from_env:
+        KeyCipher.from_env(f"k1:{b64(weak)}")
+    assert "not random" in str(from_env.value)
+    for shown in renderings(from_env.value):
+        assert not leaks(shown, weak), shown
+    assert b64(weak) not in str(from_env.value)
+
+
+def test_the_entropy_rule_never_refuses_a_random_key() -> None:
+    """The threshold is far below what 32 random bytes hold (about 30 distinct
+    values; fewer than 16 with probability 3.2e-17): generated keys all pass."""
+    for _ in range(2000):
+        KeyCipher({"k": KeyCipher.generate_key()})
+    assert len(set(bytes(range(16)) * 2)) == MIN_DISTINCT_BYTES
+    KeyCipher({"k": bytes(range(16)) * 2})  # the boundary is accepted
 
 
 def test_a_key_id_with_lone_surrogates_is_invalid_input() -> None:

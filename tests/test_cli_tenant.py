@@ -10,10 +10,14 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlencode
 
+import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
@@ -69,6 +73,21 @@ def cli(clean_db: str, capsys: pytest.CaptureFixture[str]) -> CliRunner:
 
 def new_ring() -> str:
     return "k1:" + base64.b64encode(KeyCipher.generate_key()).decode()
+
+
+@pytest.fixture
+def ring_file(tmp_path: Path) -> Callable[[str], str]:
+    """Writes a ring to a file of its own; returns the path for --cipher-keys-file."""
+    count = 0
+
+    def write(ring: str) -> str:
+        nonlocal count
+        count += 1
+        path = tmp_path / f"ring-{count}"
+        path.write_text(ring + "\n")  # a trailing newline, as editors leave it
+        return str(path)
+
+    return write
 
 
 def authenticates(pool: ConnectionPool, api_key: str) -> bool:
@@ -227,14 +246,14 @@ def test_disable_stops_authentication_and_enable_restores_it(
 
 
 def test_rotate_key_revokes_the_old_key_and_reveal_returns_the_new_one(
-    cli: CliRunner, pool: ConnectionPool
+    cli: CliRunner, pool: ConnectionPool, ring_file: Callable[[str], str]
 ) -> None:
-    ring = new_ring()
-    tenant_id, old_key = cli.create("--name", "rotating", "--cipher-keys", ring)
-    revealed = cli("tenant", "reveal-key", tenant_id, "--cipher-keys", ring)
+    ring = ring_file(new_ring())
+    tenant_id, old_key = cli.create("--name", "rotating", "--cipher-keys-file", ring)
+    revealed = cli("tenant", "reveal-key", tenant_id, "--cipher-keys-file", ring)
     assert (revealed.status, revealed.out) == (0, old_key + "\n")
 
-    run = cli("tenant", "rotate-key", tenant_id, "--cipher-keys", ring)
+    run = cli("tenant", "rotate-key", tenant_id, "--cipher-keys-file", ring)
     assert run.status == 0, run.err
     [key_line] = [
         line for line in run.out.splitlines() if line.startswith("new api key: ")
@@ -246,12 +265,15 @@ def test_rotate_key_revokes_the_old_key_and_reveal_returns_the_new_one(
 
     assert not authenticates(pool, old_key)
     assert PostgresTenantRepository(pool).get_by_api_key(new_key).id == tenant_id
-    revealed = cli("tenant", "reveal-key", tenant_id, "--cipher-keys", ring)
+    revealed = cli("tenant", "reveal-key", tenant_id, "--cipher-keys-file", ring)
     assert (revealed.status, revealed.out) == (0, new_key + "\n")
 
 
 def test_rotate_key_without_a_cipher_drops_the_stored_encryption(
-    cli: CliRunner, pool: ConnectionPool, monkeypatch: pytest.MonkeyPatch
+    cli: CliRunner,
+    pool: ConnectionPool,
+    monkeypatch: pytest.MonkeyPatch,
+    ring_file: Callable[[str], str],
 ) -> None:
     ring = new_ring()
     monkeypatch.setenv("TENANTSTORE_CIPHER_KEYS", ring)
@@ -266,34 +288,92 @@ def test_rotate_key_without_a_cipher_drops_the_stored_encryption(
     assert not authenticates(pool, old_key)
 
     # The old ciphertext did not survive its key: nothing is left to reveal.
-    run = cli("tenant", "reveal-key", tenant_id, "--cipher-keys", ring)
+    run = cli("tenant", "reveal-key", tenant_id, "--cipher-keys-file", ring_file(ring))
     assert run.status == 1
     assert "no stored key" in run.err
     assert run.out == ""
 
 
-def test_reveal_key_needs_a_cipher_ring(cli: CliRunner) -> None:
-    tenant_id, api_key = cli.create("--name", "sealed", "--cipher-keys", new_ring())
+def test_reveal_key_needs_a_cipher_ring(
+    cli: CliRunner, ring_file: Callable[[str], str]
+) -> None:
+    tenant_id, api_key = cli.create(
+        "--name", "sealed", "--cipher-keys-file", ring_file(new_ring())
+    )
     run = cli("tenant", "reveal-key", tenant_id)
     assert run.status == 2
-    assert "--cipher-keys" in run.err
+    assert "--cipher-keys-file" in run.err
     assert "TENANTSTORE_CIPHER_KEYS" in run.err
     assert api_key not in run.out + run.err
 
     # Another ring cannot decrypt it: an error, not a key and not a traceback.
-    run = cli("tenant", "reveal-key", tenant_id, "--cipher-keys", new_ring())
+    run = cli(
+        "tenant", "reveal-key", tenant_id, "--cipher-keys-file", ring_file(new_ring())
+    )
     assert run.status == 1
     assert run.out == ""
     assert api_key not in run.err
 
 
-def test_a_malformed_cipher_ring_is_a_usage_error(cli: CliRunner) -> None:
+def test_a_malformed_cipher_ring_is_a_usage_error(
+    cli: CliRunner, ring_file: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     short = base64.b64encode(b"sixteen byte key").decode()
     for ring in ("no-colon", f"k1:{short}", "k1:not base64!"):
-        run = cli("tenant", "create", "--name", "x", "--cipher-keys", ring)
+        run = cli(
+            "tenant", "create", "--name", "x", "--cipher-keys-file", ring_file(ring)
+        )
         assert run.status == 2
-        assert run.err.startswith("tenantstore: error: --cipher-keys: ")
+        assert run.err.startswith("tenantstore: error: --cipher-keys-file: ")
         assert short not in run.err
+        monkeypatch.setenv("TENANTSTORE_CIPHER_KEYS", ring)
+        run = cli("tenant", "create", "--name", "x")
+        assert run.status == 2
+        assert run.err.startswith("tenantstore: error: TENANTSTORE_CIPHER_KEYS: ")
+        assert short not in run.err
+        monkeypatch.delenv("TENANTSTORE_CIPHER_KEYS")
+    assert cli("tenant", "list", "--json").out == "[]\n"
+
+
+def test_the_ring_is_refused_on_the_command_line_and_never_echoed(
+    cli: CliRunner,
+) -> None:
+    """Item 15: `ps` and shell history see argv; the ring is a secret."""
+    ring = new_ring()
+    secret = ring.partition(":")[2]
+    for argv in (
+        ["tenant", "create", "--name", "x", "--cipher-keys", ring],
+        ["tenant", "create", "--name", "x", f"--cipher-keys={ring}"],
+        ["tenant", "list", "--cipher-keys", ring],
+        ["migrate", "status", "--cipher-keys", ring],
+    ):
+        run = cli(*argv)
+        assert run.status == 2, argv
+        assert "--cipher-keys is not accepted" in run.err
+        assert "TENANTSTORE_CIPHER_KEYS" in run.err
+        assert "--cipher-keys-file" in run.err
+        assert secret not in run.out + run.err
+        assert secret[:12] not in run.out + run.err
+    assert cli("tenant", "list", "--json").out == "[]\n"  # nothing was created
+
+
+def test_a_ring_file_that_cannot_be_read_is_a_usage_error(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-ring"
+    empty = tmp_path / "empty-ring"
+    empty.write_text("\n")
+    binary = tmp_path / "binary-ring"
+    binary.write_bytes(b"\xff\xfe" + bytes(range(32)))
+    for path, reason in (
+        (missing, "cannot read"),
+        (empty, "is empty"),
+        (binary, "UTF-8"),
+    ):
+        run = cli("tenant", "create", "--name", "x", "--cipher-keys-file", str(path))
+        assert run.status == 2
+        assert run.err.startswith("tenantstore: error: --cipher-keys-file: ")
+        assert reason in run.err
     assert cli("tenant", "list", "--json").out == "[]\n"
 
 
@@ -369,10 +449,13 @@ def test_a_duplicate_id_is_a_conflict(cli: CliRunner) -> None:
         ["enable"],
         ["delete", "--yes"],
         ["rotate-key"],
-        ["reveal-key", "--cipher-keys", new_ring()],
+        ["reveal-key"],
     ],
 )
-def test_an_unknown_id_fails_with_no_tenant(cli: CliRunner, argv: list[str]) -> None:
+def test_an_unknown_id_fails_with_no_tenant(
+    cli: CliRunner, argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TENANTSTORE_CIPHER_KEYS", new_ring())  # reveal-key needs it
     missing = str(uuid.uuid4())
     run = cli("tenant", argv[0], missing, *argv[1:])
     assert run.status == 1
@@ -401,6 +484,49 @@ def test_the_database_url_comes_from_the_environment(
     monkeypatch.setenv("DATABASE_URL", clean_db)
     assert main(["tenant", "list", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_a_password_on_the_command_line_draws_a_warning_that_does_not_show_it(
+    clean_db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item 15: the URL may come from argv, but a password there is seen by `ps`."""
+    # The test server trusts local connections: the password is carried, not used.
+    conninfo = psycopg.conninfo.conninfo_to_dict(clean_db)
+    with_password = psycopg.conninfo.make_conninfo(
+        clean_db, password="hunter2-not-echoed"
+    )
+    user = conninfo.get("user", "postgres")
+    # Host and port as query parameters: the host may be a socket directory.
+    where = urlencode(
+        [(k, str(conninfo[k])) for k in ("host", "port") if k in conninfo]
+    )
+    as_url = f"postgresql://{user}:hunter2-not-echoed@/{conninfo['dbname']}?{where}"
+    for url in (with_password, as_url):
+        assert main(["tenant", "list", "--json", "--database-url", url]) == 0
+        captured = capsys.readouterr()
+        assert json.loads(captured.out) == []
+        assert (
+            "warning: the --database-url given on the command line holds a "
+            "password" in captured.err
+        )
+        assert "DATABASE_URL" in captured.err
+        assert "hunter2" not in captured.err + captured.out
+        # Every command warns, migrate's too.
+        assert main(["migrate", "status", "--database-url", url]) == 0
+        captured = capsys.readouterr()
+        assert "warning: the --database-url" in captured.err
+        assert "hunter2" not in captured.err + captured.out
+    # The same URL from the environment, or one without a password: no warning.
+    monkeypatch.setenv("DATABASE_URL", as_url)
+    assert main(["tenant", "list"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["tenant", "list", "--database-url", clean_db]) == 0
+    assert capsys.readouterr().err == ""
+    # A malformed one that looks like it holds a password is warned about too.
+    assert main(["tenant", "list", "--database-url", "password=hunter2 bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "warning" in err
+    assert "hunter2" not in err
 
 
 def test_a_malformed_url_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

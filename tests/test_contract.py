@@ -31,6 +31,7 @@ from tenantstore import (
     KeyCipher,
     PostgresTenantRepository,
     PostgresUsageRepository,
+    StaleVersion,
     Tenant,
     TenantNotFound,
     UsageRecord,
@@ -40,7 +41,7 @@ from tenantstore import (
 from tests.fix_backends import FakeClock, Synced
 from tests.strategies import HOSTILE_TEXT
 
-CIPHER = KeyCipher({"k1": bytes(32), "k0": bytes(range(32))})
+CIPHER = KeyCipher({"k1": bytes(range(32, 64)), "k0": bytes(range(32))})
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
@@ -171,18 +172,21 @@ def test_update_unknown_and_key_clash(stores: Stores) -> None:
     with pytest.raises(TenantNotFound):
         stores.tenants.update(b)
     stores.tenants.create(b)
-    with pytest.raises(Conflict):
+    with pytest.raises(Conflict) as clash:
         stores.tenants.update(dataclasses.replace(b, api_key_hash=a.api_key_hash))
+    assert not isinstance(clash.value, StaleVersion)  # retrying cannot help
     assert stores.tenants.get_by_id(b.id).api_key_hash == b.api_key_hash
 
 
 def test_create_conflicts(stores: Stores) -> None:
     a, _ = new_tenant()
     stores.tenants.create(a)
-    with pytest.raises(Conflict):
+    with pytest.raises(Conflict) as duplicate_id:
         stores.tenants.create(dataclasses.replace(a, api_key_hash=hash_api_key("x")))
-    with pytest.raises(Conflict):
+    with pytest.raises(Conflict) as duplicate_hash:
         stores.tenants.create(new_tenant(api_key_hash=a.api_key_hash)[0])
+    assert not isinstance(duplicate_id.value, StaleVersion)
+    assert not isinstance(duplicate_hash.value, StaleVersion)
     assert len(stores.tenants.list()) == 1
 
 
@@ -436,8 +440,8 @@ def test_update_of_a_stale_read_is_a_conflict(stores: Stores) -> None:
         dataclasses.replace(read_by_one, api_key_hash=hash_api_key("rotated"))
     )
     # The second writer read before the rotation: its write must not bring the
-    # old key back.
-    with pytest.raises(Conflict):
+    # old key back. StaleVersion (a Conflict) tells it to read again and retry.
+    with pytest.raises(StaleVersion):
         stores.tenants.update(dataclasses.replace(read_by_two, enabled=False))
     assert stores.tenants.get_by_id(tenant.id) == rotated
     with pytest.raises(TenantNotFound):
@@ -451,6 +455,83 @@ def test_update_of_a_stale_read_is_a_conflict(stores: Stores) -> None:
     stores.tenants.delete(tenant.id)
     with pytest.raises(TenantNotFound):
         stores.tenants.update(disabled)
+
+
+def test_set_enabled_changes_enabled_and_the_version_only(stores: Stores) -> None:
+    tenant, key = new_tenant()
+    created = stores.tenants.create(tenant, api_key=key)
+    disabled = stores.tenants.set_enabled(tenant.id, False)
+    # Within one clock tick updated_at still moves, as update's does.
+    assert disabled.updated_at == T0 + timedelta(microseconds=1)
+    assert disabled == dataclasses.replace(
+        created, enabled=False, updated_at=disabled.updated_at
+    )
+    assert stores.tenants.get_by_id(tenant.id) == disabled
+    with pytest.raises(TenantNotFound):
+        stores.tenants.get_by_api_key(key)
+    with pytest.raises(TenantNotFound):
+        stores.tenants.get_by_api_key_hash(tenant.api_key_hash)
+    # Unconditional, and idempotent in effect; the version moves each time.
+    again = stores.tenants.set_enabled(tenant.id, False)
+    assert again.enabled is False
+    assert again.updated_at is not None
+    assert disabled.updated_at is not None
+    assert again.updated_at > disabled.updated_at
+    # A read from before it is stale now.
+    with pytest.raises(StaleVersion):
+        stores.tenants.update(dataclasses.replace(created, name="Lost"))
+    stores.clock.advance(60)
+    enabled = stores.tenants.set_enabled(tenant.id, True)
+    assert enabled.updated_at == T0 + timedelta(seconds=60)
+    assert enabled.created_at == T0
+    assert stores.tenants.get_by_api_key(key) == enabled
+    # The stored copy of the key is kept: the key did not change.
+    assert stores.tenants.reveal_api_key(tenant.id) == key
+
+
+@pytest.mark.parametrize("enabled", [1, 0, "yes", None, "false"])
+def test_set_enabled_takes_a_bool_only(stores: Stores, enabled: object) -> None:
+    tenant, _ = new_tenant()
+    created = stores.tenants.create(tenant)
+    for tenant_id in (tenant.id, "not-an-id"):  # the value is checked first
+        with pytest.raises(InvalidInput) as info:
+            stores.tenants.set_enabled(tenant_id, enabled)
+        assert info.value.field == "enabled"
+    assert stores.tenants.get_by_id(tenant.id) == created
+
+
+UNKNOWN_ID = "5f0c1e2a-3f3a-4c1e-9a57-2f4b1d6a9c10"
+
+
+@pytest.mark.parametrize(
+    "tenant_id",
+    ["", "not-an-id", UNKNOWN_ID, UNKNOWN_ID.upper(), "\ud800", 5, None, ["x"], b"x"],
+)
+def test_set_enabled_of_an_unknown_or_malformed_id_is_not_found(
+    stores: Stores, tenant_id: object
+) -> None:
+    tenant, _ = new_tenant()
+    created = stores.tenants.create(tenant)
+    with pytest.raises(TenantNotFound):
+        stores.tenants.set_enabled(tenant_id, False)
+    assert stores.tenants.get_by_id(tenant.id) == created
+
+
+@pytest.mark.parametrize("tenant_id", [["x"], ("x",), 5, None, b"x", {"a": 1}, 1.5])
+def test_usage_of_a_non_str_id_is_simply_none(stores: Stores, tenant_id: Any) -> None:
+    """Item 10: no raw TypeError from the in-memory backend; [] and 0 on both."""
+    tenant, _ = new_tenant()
+    stores.tenants.create(tenant)
+    stores.usage.record(usage(tenant.id))
+    since = T0 - timedelta(days=1)
+    assert stores.usage.get_tenant_usage(tenant_id, since) == []
+    total = stores.usage.get_tenant_total_cost(tenant_id, since)
+    assert total == Decimal("0")
+    assert isinstance(total, Decimal)
+    # Non-canonical spellings of a real id are nobody's id either.
+    for spelling in (tenant.id.upper(), "{" + tenant.id + "}"):
+        assert stores.usage.get_tenant_usage(spelling, since) == []
+        assert stores.usage.get_tenant_total_cost(spelling, since) == Decimal("0")
 
 
 def test_a_pool_of_the_callers_without_autocommit_works(clean_db: str) -> None:

@@ -321,6 +321,21 @@ class Differential(RuleBasedStateMachine):
         if kind == "ok":
             self.known[value.id] = value
 
+    @rule(
+        tenant_id=s.some_ids,
+        enabled=st.one_of(st.booleans(), st.sampled_from([1, 0, "yes", None])),
+    )
+    def set_enabled(self, tenant_id: str, enabled: bool) -> None:
+        before = self.known.get(tenant_id) if isinstance(tenant_id, str) else None
+        kind, value = self.agree(lambda b: b.tenants.set_enabled(tenant_id, enabled))
+        if kind == "ok":
+            assert before is not None
+            assert value == dataclasses.replace(
+                before, enabled=enabled, updated_at=value.updated_at
+            )
+            self.history.append(before)  # a stale version for update_stale
+            self.known[value.id] = value
+
     @rule(tenant_id=s.some_ids)
     def delete(self, tenant_id: str) -> None:
         if self.agree(lambda b: b.tenants.delete(tenant_id))[0] == "ok":
@@ -332,7 +347,8 @@ class Differential(RuleBasedStateMachine):
 
     @rule(key=s.some_keys, hashed=st.booleans())
     def get_by_api_key_hash(self, key: str, hashed: bool) -> None:
-        value = hash_api_key(key) if hashed and key.isprintable() else key
+        printable = isinstance(key, str) and key.isprintable()
+        value = hash_api_key(key) if hashed and printable else key
         self.agree(lambda b: b.tenants.get_by_api_key_hash(value))
 
     @rule(tenant_id=s.some_ids)

@@ -22,6 +22,7 @@ from tenantstore import (
     Conflict,
     DatabaseUnreachable,
     InvalidInput,
+    StaleVersion,
     StoreUnavailable,
     TenantNotFound,
     TenantStoreError,
@@ -36,6 +37,7 @@ ERROR_BASES: dict[type[Exception], tuple[type, ...]] = {
     TenantStoreError: (Exception,),
     TenantNotFound: (TenantStoreError, LookupError),
     Conflict: (TenantStoreError,),
+    StaleVersion: (Conflict,),
     InvalidInput: (TenantStoreError, ValueError),
     StoreUnavailable: (TenantStoreError,),
     DatabaseUnreachable: (StoreUnavailable,),
@@ -139,6 +141,17 @@ def test_the_errors_module_docstring_draws_the_tree() -> None:
         assert error.__name__ in doc
 
 
+def test_a_stale_version_is_a_conflict_a_duplicate_is_not_stale() -> None:
+    # Callers retry a StaleVersion (read again, reapply) and not a duplicate;
+    # handlers written for Conflict keep catching both.
+    with pytest.raises(Conflict):
+        raise StaleVersion("stale")
+    assert not issubclass(Conflict, StaleVersion)
+    doc = tenantstore.errors.__doc__
+    assert doc is not None
+    assert "│   └── StaleVersion" in doc
+
+
 def test_dual_bases_keep_existing_handlers_working() -> None:
     with pytest.raises(LookupError):
         raise TenantNotFound("no such tenant")
@@ -151,6 +164,7 @@ def some_errors() -> list[TenantStoreError]:
         TenantStoreError("unmapped"),
         TenantNotFound("no such tenant"),
         Conflict("duplicate"),
+        StaleVersion("the tenant changed since it was read"),
         InvalidInput("allowed_models[1]", "must not be blank"),
         StoreUnavailable("pool exhausted"),
         CipherError("tampered"),

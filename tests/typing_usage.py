@@ -28,6 +28,7 @@ from tenantstore import (
     KeyCipher,
     PostgresTenantRepository,
     PostgresUsageRepository,
+    StaleVersion,
     StoreUnavailable,
     SystemClock,
     Tenant,
@@ -132,9 +133,16 @@ def in_memory_gateway() -> Decimal:
     revealed: str | None = tenants.reveal_api_key(found.id)
     assert revealed == api_key
 
-    disabled = tenants.update(dataclasses.replace(found, enabled=False))
+    disabled: Tenant = tenants.set_enabled(found.id, False)
     assert authenticate(tenants, api_key) is None
     assert tenants.get_by_id(disabled.id).enabled is False
+    try:
+        tenants.update(dataclasses.replace(found, name="Stale"))  # read before
+    except StaleVersion as stale:
+        conflict: Conflict = stale  # a Conflict too: old handlers keep working
+        del conflict  # read again and reapply: what a caller does here
+    else:
+        raise AssertionError("a stale read overwrote a newer version")
     listed: list[Tenant] = tenants.list()
     assert len(listed) == 1
 
@@ -179,6 +187,8 @@ async def async_in_memory_gateway() -> Decimal:
         Tenant(name="Acme", api_key_hash=hash_api_key(api_key))
     )
     found = await tenants.get_by_api_key(api_key)
+    enabled: Tenant = await tenants.set_enabled(found.id, True)
+    assert enabled.enabled
     recorded: bool = await usage.record(
         UsageRecord(
             tenant_id=found.id,

@@ -44,8 +44,15 @@ def tenant_from_row(row: tuple[Any, ...]) -> Tenant:
     s[6](tenant, row[6])
     s[7](tenant, tuple(row[7]))
     s[8](tenant, row[8])
-    s[9](tenant, utc(row[9]))
-    s[10](tenant, utc(row[10]))
+    try:
+        s[9](tenant, utc(row[9]))
+        s[10](tenant, utc(row[10]))
+    except AttributeError:
+        # A NULL timestamp, which only a database before migration 002 can hold
+        # (the other columns are made well-typed by the SELECT): None, as a Tenant
+        # not yet stored has. Caught rather than tested for: free when absent.
+        s[9](tenant, None if row[9] is None else utc(row[9]))
+        s[10](tenant, None if row[10] is None else utc(row[10]))
     return tenant
 
 

@@ -5,7 +5,9 @@ primary one. A message is ``b"\\x01" + len(key_id) + key_id + nonce(12) + cipher
 with a fresh random 96-bit nonce per message and the tenant id as associated data, so
 a ciphertext moved to another tenant's row fails to decrypt. Old ciphertexts keep
 decrypting while their key stays in the ring; `reencrypt` moves them to the primary.
-There is no derivation from passphrases: keys are random bytes (`generate_key`).
+There is no derivation from passphrases: keys are random bytes (`generate_key`), and
+a key that plainly is not (all zeros, one byte repeated, a short pattern: fewer than
+`MIN_DISTINCT_BYTES` distinct byte values among its 32) is refused.
 """
 
 from __future__ import annotations
@@ -22,11 +24,17 @@ from .errors import CipherError, InvalidInput
 from .keys import hash_api_key
 from .validation import utf8
 
-__all__ = ["KeyCipher", "encrypted_key_for_write"]
+__all__ = ["MIN_DISTINCT_BYTES", "KeyCipher", "encrypted_key_for_write"]
 
 _VERSION: Final = 1
 _NONCE_LEN: Final = 12
 _AAD_PREFIX: Final = b"tenantstore/api_key/v1:"
+# 32 random bytes hold about 30 distinct values; fewer than 16 happens with
+# probability 3.2e-17 (computed exactly over the 256**32 keys), so a real random
+# key never fails this, while a zeroed buffer, a repeated byte or a pattern shorter
+# than 16 bytes always does. It cannot tell a weak key that looks random (a
+# password's hash, bytes(range(32))): it catches mistakes, not adversaries.
+MIN_DISTINCT_BYTES: Final = 16
 
 
 class KeyCipher:
@@ -37,7 +45,8 @@ class KeyCipher:
     >>> cipher.decrypt(blob, tenant_id="5f0c...")
     'tsk_...'
 
-    Raises `InvalidInput` for a malformed ring and `CipherError` when a message
+    Raises `InvalidInput` for a malformed ring (including a key that is plainly not
+    random: see `MIN_DISTINCT_BYTES`) and `CipherError` when a message
     cannot be decrypted (tampered, moved to another tenant, or its key is not in
     the ring). Neither message includes key material.
     """
@@ -58,6 +67,15 @@ class KeyCipher:
             if not isinstance(key, bytes | bytearray) or len(key) != 32:
                 raise InvalidInput(
                     "keys", f"the key at position {position} must be exactly 32 bytes"
+                )
+            if len(set(key)) < MIN_DISTINCT_BYTES:
+                # The message says nothing about the bytes (not even how many
+                # distinct values there are): it goes to logs.
+                raise InvalidInput(
+                    "keys",
+                    f"the key at position {position} is not random (fewer than "
+                    f"{MIN_DISTINCT_BYTES} distinct byte values): make keys with "
+                    "KeyCipher.generate_key()",
                 )
             aeads[encoded] = AESGCM(bytes(key))
         if primary is None:

@@ -2,9 +2,11 @@
 
 ``migrate up|down|status|force`` drive `tenantstore.migrate`; ``tenant create|list|
 show|enable|disable|delete|rotate-key|reveal-key`` drive a `PostgresTenantRepository`
-on a one-connection pool, one pool per command. The database is ``--database-url`` or
-``$DATABASE_URL``; the optional `KeyCipher` ring is ``--cipher-keys`` or
-``$TENANTSTORE_CIPHER_KEYS``. Commands are argparse subcommand groups. Errors are one
+on a one-connection pool, one pool per command. The database is ``$DATABASE_URL`` or
+``--database-url`` (a password in the latter draws a warning: ``ps`` and shell history
+see the command line); the optional `KeyCipher` ring, a secret, is read only from
+``$TENANTSTORE_CIPHER_KEYS`` or the file ``--cipher-keys-file PATH``, never from the
+command line. Commands are argparse subcommand groups. Errors are one
 line on stderr, never a traceback: exit status 2 for usage (no database given, a bad
 argument, a value the domain rejects), 1 when the work could not be done (no such
 tenant, a conflict, database unreachable, dirty, a migration failed). An API key is
@@ -18,19 +20,22 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any, Final, TextIO
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import PoolTimeout
+from psycopg_pool import ConnectionPool, PoolTimeout
 
-from . import migrate
+from . import _sql, migrate
+from ._pgerrors import translate_error
 from ._sync.postgres import PostgresTenantRepository
 from .cipher import KeyCipher
 from .errors import InvalidInput, StoreUnavailable, TenantNotFound, TenantStoreError
@@ -50,6 +55,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or argparse's own usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
+    if args.cipher_keys_on_argv:
+        print(
+            f"{parser.prog}: error: --cipher-keys is not accepted: on the command "
+            "line `ps` and shell history see the ring; put it in "
+            f"${CIPHER_KEYS_ENV} or in a file passed with --cipher-keys-file PATH",
+            file=sys.stderr,
+        )
+        return 2
+    if args.database_url and _has_password(args.database_url):
+        print(
+            f"{parser.prog}: warning: the --database-url given on the command line "
+            "holds a password, which `ps` and shell history can see: set "
+            "DATABASE_URL, PGPASSWORD or ~/.pgpass instead",
+            file=sys.stderr,
+        )
     url = args.database_url or os.environ.get("DATABASE_URL")
     if not url:
         print(
@@ -81,14 +101,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Refused(argparse.Action):
+    """Takes a secret someone put on the command line, keeps only that it came.
+
+    Its value is never stored nor echoed (argparse would print an unknown option's
+    value in its error); `main` refuses the command.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, True)
+
+
 def _database_option() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--database-url",
         metavar="URL",
-        help="PostgreSQL URL or conninfo string (default: $DATABASE_URL)",
+        help="PostgreSQL URL or conninfo string (default: $DATABASE_URL; keep a "
+        "password out of it: ps and shell history see the command line)",
+    )
+    # The ring used to be an option: refuse it by name, on every command, rather
+    # than let argparse echo it as an unknown argument.
+    common.add_argument(
+        "--cipher-keys",
+        dest="cipher_keys_on_argv",
+        nargs="?",
+        default=False,
+        action=_Refused,
+        help=argparse.SUPPRESS,
     )
     return common
+
+
+# user:password@ in a URL, or password= in a conninfo string.
+_PASSWORD_IN_URL: Final = re.compile(r"://[^/?#@]*:[^/?#@]*@|password\s*=", re.I)
+
+
+def _has_password(url: str) -> bool:
+    """Whether a connection string carries a password (never says which)."""
+    try:
+        return bool(conninfo_to_dict(url).get("password"))
+    except psycopg.ProgrammingError:
+        # Malformed: its own error follows; warn if it looks like it holds one.
+        return _PASSWORD_IN_URL.search(url) is not None
 
 
 def _add_migrate(
@@ -214,11 +275,11 @@ def _add_tenant(
     common = [_database_option()]
     ciphered = argparse.ArgumentParser(add_help=False)
     ciphered.add_argument(
-        "--cipher-keys",
-        metavar="RING",
-        help='KeyCipher ring "id:base64key,..." (first is primary) to encrypt or '
-        f"decrypt stored API keys (default: ${CIPHER_KEYS_ENV}, which `ps` cannot "
-        "show)",
+        "--cipher-keys-file",
+        metavar="PATH",
+        help='a file holding the KeyCipher ring "id:base64key,..." (first is '
+        "primary) to encrypt or decrypt stored API keys (default: "
+        f"${CIPHER_KEYS_ENV}); the ring is never taken from the command line",
     )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument(
@@ -340,6 +401,15 @@ def _tenants(
     url: str, cipher: KeyCipher | None = None
 ) -> Iterator[PostgresTenantRepository]:
     """A repository on a one-connection pool, closed when the command ends."""
+    with _pool(url) as pool:
+        # One statement per connection and maybe a transaction-pooling proxy in
+        # between: preparing would cost a round trip and could fail there.
+        yield PostgresTenantRepository(pool, cipher=cipher, prepare=False)
+
+
+@contextmanager
+def _pool(url: str) -> Iterator[ConnectionPool]:
+    """A one-connection pool, closed when the command ends."""
     try:
         conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
@@ -352,9 +422,7 @@ def _tenants(
     pool_log.addFilter(failures)
     try:
         with create_pool(url, min_size=1, max_size=1) as pool:
-            # One statement per connection and maybe a transaction-pooling proxy in
-            # between: preparing would cost a round trip and could fail there.
-            yield PostgresTenantRepository(pool, cipher=cipher, prepare=False)
+            yield pool
     except StoreUnavailable as exc:
         last = failures.last
         if last is None or not isinstance(exc.__cause__, PoolTimeout):
@@ -369,13 +437,28 @@ def _tenants(
 
 
 def _cipher(args: argparse.Namespace) -> KeyCipher | None:
-    ring: str | None = args.cipher_keys or os.environ.get(CIPHER_KEYS_ENV)
-    if not ring:
-        return None
+    """The ring from --cipher-keys-file, else from the environment, else None."""
+    path: str | None = args.cipher_keys_file
+    if path is None:
+        source = CIPHER_KEYS_ENV
+        ring = os.environ.get(CIPHER_KEYS_ENV)
+        if not ring:
+            return None
+    else:
+        source = "--cipher-keys-file"
+        try:
+            ring = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise InvalidInput(source, f"cannot read {path!r}: {reason}") from None
+        except UnicodeDecodeError:
+            raise InvalidInput(source, f"{path!r} is not UTF-8 text") from None
+        if not ring:
+            raise InvalidInput(source, f"{path!r} is empty")
     try:
         return KeyCipher.from_env(ring)
     except InvalidInput as exc:
-        raise InvalidInput("--cipher-keys", exc.rule) from exc
+        raise InvalidInput(source, exc.rule) from None
 
 
 def _not_found(tenant_id: str) -> int:
@@ -542,11 +625,12 @@ def _set_enabled(args: argparse.Namespace, url: str, enabled: bool) -> int:
     word = "enabled" if enabled else "disabled"
     try:
         with _tenants(url) as tenants:
-            tenant = tenants.get_by_id(args.id)
-            if tenant.enabled == enabled:
+            if tenants.get_by_id(args.id).enabled == enabled:
                 print(f"tenant {args.id} was already {word}")
                 return 0
-            tenants.update(dataclasses.replace(tenant, enabled=enabled))
+            # Not `update`: it would validate (and reject) values another writer
+            # left in the row, and a read-modify-write could lose a race.
+            tenants.set_enabled(args.id, enabled)
     except TenantNotFound:
         return _not_found(args.id)
     print(f"tenant {args.id} {word}")
@@ -604,19 +688,40 @@ def _tenant_reveal_key(args: argparse.Namespace, url: str) -> int:
     if cipher is None:
         return _usage_error(
             "revealing a key needs the cipher ring it was stored with: "
-            f"pass --cipher-keys or set {CIPHER_KEYS_ENV}",
+            f"set {CIPHER_KEYS_ENV} or pass --cipher-keys-file PATH",
         )
     try:
-        with _tenants(url, cipher) as tenants:
+        with _pool(url) as pool:
+            tenants = PostgresTenantRepository(pool, cipher=cipher, prepare=False)
             api_key = tenants.reveal_api_key(args.id)
+            stored_copy = api_key is None and _has_stored_copy(pool, args.id)
     except TenantNotFound:
         return _not_found(args.id)
-    if api_key is None:
-        print(
-            f"tenantstore: error: tenant {args.id} has no stored key to reveal "
-            "(it was set without a cipher ring); use rotate-key to issue a new one",
-            file=sys.stderr,
+    if stored_copy:
+        why = (
+            "its stored copy belongs to an older key (the key was replaced without "
+            "it, e.g. by the Go service), and the old key no longer authenticates"
         )
-        return 1
-    print(api_key)
-    return 0
+    elif api_key is None:
+        why = "it has no stored key (it was set without a cipher ring)"
+    else:
+        print(api_key)
+        return 0
+    print(
+        f"tenantstore: error: cannot reveal the key of tenant {args.id}: {why}; "
+        "use rotate-key to issue a new one",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _has_stored_copy(pool: ConnectionPool, tenant_id: str) -> bool:
+    """Whether the row holds an encrypted key at all (told apart for the message)."""
+    try:
+        with pool.connection() as conn:
+            row = conn.execute(
+                _sql.SELECT_ENCRYPTED_KEY, {"id": tenant_id}, prepare=False
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise translate_error(exc) from exc
+    return row is not None and row[0] is not None

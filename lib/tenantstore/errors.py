@@ -4,6 +4,7 @@
 TenantStoreError        base of everything we raise
 ├── TenantNotFound      also LookupError
 ├── Conflict            duplicate id or api_key_hash
+│   └── StaleVersion    the tenant changed since it was read (optimistic update)
 ├── InvalidInput        also ValueError; .field names the field
 ├── StoreUnavailable    unreachable, pool exhausted, timeout; __cause__ is the driver's
 │   └── DatabaseUnreachable   no connection could be made or kept: the server is down
@@ -21,6 +22,7 @@ __all__ = [
     "Conflict",
     "DatabaseUnreachable",
     "InvalidInput",
+    "StaleVersion",
     "StoreUnavailable",
     "TenantNotFound",
     "TenantStoreError",
@@ -44,7 +46,19 @@ class TenantNotFound(TenantStoreError, LookupError):
 
 
 class Conflict(TenantStoreError):
-    """A write clashes with existing data: a duplicate id or api_key_hash."""
+    """A write clashes with existing data: a duplicate id or api_key_hash.
+
+    Retrying the same write fails the same way. Its subclass `StaleVersion` is the
+    one conflict a read-modify-write should retry (read again, reapply).
+    """
+
+    __module__ = "tenantstore"
+
+
+class StaleVersion(Conflict):
+    """An optimistic `update` found another version: the tenant changed (its
+    `updated_at` moved) since the caller read it. Read it again, reapply the
+    change, and update again; nothing was written."""
 
     __module__ = "tenantstore"
 

@@ -10,19 +10,21 @@ service) are not checked here and authenticate by their hash alone.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import secrets
 import zlib
 from typing import Final
 
 from .errors import InvalidInput
-from .validation import utf8
+from .validation import is_key_hash, utf8
 
 __all__ = [
     "KEY_PREFIX",
     "generate_api_key",
     "hash_api_key",
     "is_plausible_api_key",
+    "key_matches_hash",
     "lookup_hash",
 ]
 
@@ -104,3 +106,15 @@ def lookup_hash(api_key: object) -> str | None:
     except UnicodeEncodeError:
         return None
     return _sha256(data).hexdigest()
+
+
+def key_matches_hash(api_key: str, api_key_hash: object) -> bool:
+    """True when `api_key` hashes to `api_key_hash` (a stored hash of any shape).
+
+    Compared in constant time. A stored value that is not 64 lowercase hex digits
+    (a writer around our validation) is no key's hash: False.
+    """
+    if not is_key_hash(api_key_hash):
+        return False
+    assert isinstance(api_key_hash, str)
+    return hmac.compare_digest(hash_api_key(api_key), api_key_hash)

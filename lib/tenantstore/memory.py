@@ -16,10 +16,11 @@ from decimal import Decimal, localcontext
 from ._rows import utc
 from .cipher import KeyCipher, encrypted_key_for_write
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import MODIFIED, CipherError, Conflict, TenantNotFound
-from .keys import lookup_hash
+from .errors import MODIFIED, CipherError, Conflict, StaleVersion, TenantNotFound
+from .keys import key_matches_hash, lookup_hash
 from .models import Tenant, UsageRecord
 from .validation import (
+    boolean,
     expected_version,
     is_canonical_id,
     is_key_hash,
@@ -60,6 +61,10 @@ class InMemoryTenantRepository:
     """Tenants in a dict: the PostgreSQL backend's contract without a database.
 
     `clock` stamps created_at/updated_at; `cipher` encrypts keys passed to writes.
+    Every tenant held here passed validation: unlike a PostgreSQL table, which the
+    Go service or psql may write around it, this backend cannot hold a row with
+    values our rules reject (rpm -1, a blank name, NULLs), so reads of such rows
+    are a PostgreSQL-only concern (tests/test_foreign_rows.py).
     """
 
     __module__ = "tenantstore"
@@ -135,7 +140,7 @@ class InMemoryTenantRepository:
             if old is None:
                 raise _not_found()
             if expected is not None and old.updated_at != expected:
-                raise Conflict(MODIFIED)
+                raise StaleVersion(MODIFIED)
             owner = state.by_hash.get(tenant.api_key_hash)
             if owner is not None and owner != tenant.id:
                 raise Conflict("a tenant with this id or api_key_hash already exists")
@@ -158,6 +163,24 @@ class InMemoryTenantRepository:
                     state.encrypted[stored.id] = encrypted
             return stored
 
+    def set_enabled(self, tenant_id: str, enabled: bool) -> Tenant:
+        enabled = boolean("enabled", enabled)
+        if not is_canonical_id(tenant_id):
+            raise _not_found()
+        state = self._state
+        with state.lock:
+            old = state.tenants.get(tenant_id)
+            if old is None:
+                raise _not_found()
+            assert old.updated_at is not None
+            stored = dataclasses.replace(
+                old,
+                enabled=enabled,
+                updated_at=max(utc(self._clock.now()), old.updated_at + _MICROSECOND),
+            )
+            state.tenants[tenant_id] = stored
+            return stored
+
     def delete(self, tenant_id: str) -> None:
         if not is_canonical_id(tenant_id):
             raise _not_found()
@@ -171,13 +194,16 @@ class InMemoryTenantRepository:
             state.usage.pop(tenant_id, None)
 
     def reveal_api_key(self, tenant_id: str) -> str | None:
-        self.get_by_id(tenant_id)
+        tenant = self.get_by_id(tenant_id)
         encrypted = self._state.encrypted.get(tenant_id)
         if encrypted is None:
             return None
         if self._cipher is None:
             raise CipherError("this repository has no KeyCipher to decrypt with")
-        return self._cipher.decrypt(encrypted, tenant_id)
+        api_key = self._cipher.decrypt(encrypted, tenant_id)
+        # Writes here drop a copy whose key is replaced, so this holds already; it
+        # is checked anyway so that both backends answer by the same rule.
+        return api_key if key_matches_hash(api_key, tenant.api_key_hash) else None
 
 
 class InMemoryUsageRepository:
@@ -207,6 +233,8 @@ class InMemoryUsageRepository:
         self, tenant_id: str, since: datetime
     ) -> builtins.list[UsageRecord]:
         since = utc_datetime("since", since)
+        if not is_canonical_id(tenant_id):  # any other value is nobody's id
+            return []
         with self._state.lock:
             records = self._state.usage.get(tenant_id)
             found = (
@@ -224,6 +252,8 @@ class InMemoryUsageRepository:
 
     def get_tenant_total_cost(self, tenant_id: str, since: datetime) -> Decimal:
         since = utc_datetime("since", since)
+        if not is_canonical_id(tenant_id):
+            return _ZERO
         with self._state.lock:
             records = self._state.usage.get(tenant_id)
             costs = (
@@ -269,6 +299,9 @@ class AsyncInMemoryTenantRepository:
 
     async def update(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
         return self.sync.update(tenant, api_key=api_key)
+
+    async def set_enabled(self, tenant_id: str, enabled: bool) -> Tenant:
+        return self.sync.set_enabled(tenant_id, enabled)
 
     async def delete(self, tenant_id: str) -> None:
         self.sync.delete(tenant_id)

@@ -231,6 +231,22 @@ class AsyncCachedTenantRepository:
         finally:
             self._state.invalidate(_tenant_id(tenant), _hashes(tenant))
 
+    async def set_enabled(self, tenant_id: str, enabled: bool) -> Tenant:
+        """`inner.set_enabled`, then drop the tenant's entry and anything cached
+        under its key hash (a disabled tenant's key is remembered as unknown)."""
+        hashes: tuple[str, ...] = ()
+        try:
+            tenant = await self.inner.set_enabled(tenant_id, enabled)
+            hashes = _hashes(tenant)
+            return tenant
+        finally:
+            # On failure the hash is unknown; dropping by id still revokes a
+            # cached tenant, and an enable that may have committed is at worst
+            # refused until its negative entry expires: fail closed.
+            self._state.invalidate(
+                tenant_id if type(tenant_id) is str else None, hashes
+            )
+
     async def delete(self, tenant_id: str) -> None:
         """`inner.delete`, then drop the tenant's entry."""
         try:

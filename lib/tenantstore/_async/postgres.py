@@ -24,10 +24,11 @@ from .._pgerrors import translate_error
 from .._rows import tenant_from_row, tenant_params, usage_from_row, usage_params, utc
 from ..cipher import KeyCipher, encrypted_key_for_write
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import MODIFIED, CipherError, Conflict, TenantNotFound
-from ..keys import lookup_hash
+from ..errors import MODIFIED, CipherError, StaleVersion, TenantNotFound
+from ..keys import key_matches_hash, lookup_hash
 from ..models import Tenant, UsageRecord
 from ..validation import (
+    boolean,
     expected_version,
     is_canonical_id,
     is_key_hash,
@@ -46,8 +47,8 @@ def _not_found() -> TenantNotFound:
     return TenantNotFound("no such tenant")
 
 
-def _modified() -> Conflict:
-    return Conflict(MODIFIED)
+def _modified() -> StaleVersion:
+    return StaleVersion(MODIFIED)
 
 
 # What `_run` returns: the first row, all rows, or the number of rows affected.
@@ -238,6 +239,20 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
             raise _not_found()
         return tenant_from_row(row)
 
+    async def set_enabled(self, tenant_id: str, enabled: bool) -> Tenant:
+        enabled = boolean("enabled", enabled)
+        if not is_canonical_id(tenant_id):
+            raise _not_found()
+        row = await self._run(
+            _sql.SET_ENABLED,
+            {"id": tenant_id, "enabled": enabled, "now": utc(self._clock.now())},
+            ONE,
+            retry=False,
+        )
+        if row is None:
+            raise _not_found()
+        return tenant_from_row(row)
+
     async def delete(self, tenant_id: str) -> None:
         if not is_canonical_id(tenant_id):
             raise _not_found()
@@ -261,11 +276,15 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
         )
         if row is None:
             raise _not_found()
-        if row[0] is None:
+        encrypted, api_key_hash = row
+        if encrypted is None:
             return None
         if self._cipher is None:
             raise CipherError("this repository has no KeyCipher to decrypt with")
-        return self._cipher.decrypt(row[0], tenant_id)
+        api_key = self._cipher.decrypt(encrypted, tenant_id)
+        # A writer that re-keys without our API (the Go service sets api_key_hash
+        # and leaves api_key_encrypted alone) leaves a copy of a revoked key.
+        return api_key if key_matches_hash(api_key, api_key_hash) else None
 
 
 class AsyncPostgresUsageRepository(_AsyncPostgres):

@@ -60,9 +60,21 @@ class TenantRepository(Protocol):
 
         Optimistic concurrency: when `tenant.updated_at` is set (a tenant read from
         the store, modified with `dataclasses.replace`), the update applies only if
-        the stored tenant still has that `updated_at`, else `Conflict` — so a
-        read-modify-write cannot silently undo a concurrent change such as a key
-        rotation or a disable. A tenant built without `updated_at` overwrites.
+        the stored tenant still has that `updated_at`, else `StaleVersion` (a
+        `Conflict`) — so a read-modify-write cannot silently undo a concurrent
+        change such as a key rotation or a disable. A tenant built without
+        `updated_at` overwrites.
+        """
+        ...
+
+    def set_enabled(self, tenant_id: str, enabled: bool) -> Tenant:
+        """Enable or disable the tenant and return it as stored.
+
+        Changes `enabled` and moves `updated_at` (as `update` does), nothing else:
+        no other column is read or validated, so it works on a row that another
+        writer filled with values `update` would reject. Unconditional (no version
+        check): disabling must not lose a race. Raises `InvalidInput` when
+        `enabled` is not a bool, `TenantNotFound` for an unknown or malformed id.
         """
         ...
 
@@ -71,9 +83,12 @@ class TenantRepository(Protocol):
         ...
 
     def reveal_api_key(self, tenant_id: str) -> str | None:
-        """The tenant's plaintext key if its encryption is stored, else None.
+        """The tenant's current plaintext key if its encryption is stored, else None.
 
-        Needs the repository's `KeyCipher`; raises `TenantNotFound` for an unknown
+        A revealed key always hashes to the tenant's current `api_key_hash`: a
+        stored copy of an older key (left behind by a writer that re-keyed the
+        tenant without it, as the Go service does) is None, never returned. Needs
+        the repository's `KeyCipher`; raises `TenantNotFound` for an unknown
         tenant and `CipherError` for a ciphertext that is not this tenant's.
         """
         ...
