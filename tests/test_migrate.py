@@ -10,8 +10,8 @@ waiting on it), failures, refusals and `force`, concurrent runners.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
-import time
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,10 +27,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tenantstore import migrate
 from tenantstore.errors import InvalidInput, StoreUnavailable
+from tests.polling import wait_until
 
 Sql: TypeAlias = LiteralString | sql.SQL | sql.Composed
 
-LATEST = 4
+LATEST = 10
 ALL = list(range(1, LATEST + 1))
 AFTER_1 = ALL[1:]
 ORIGINAL_TABLES = {"tenants", "usage_records", "admin_users"}
@@ -157,10 +158,35 @@ def test_available_lists_the_shipped_migrations_in_order() -> None:
     assert found == [
         (1, "initial"),
         (2, "contract"),
-        (3, "tenant_notify"),
-        (4, "usage_daily_totals"),
+        (3, "contract_backfill"),
+        (4, "usage_request_index"),
+        (5, "usage_dedupe"),
+        (6, "usage_request_key"),
+        (7, "usage_request_index_drop"),
+        (8, "tenant_notify"),
+        (9, "usage_daily_totals"),
+        (10, "usage_daily_totals_backfill"),
     ]
     assert all(m.up.strip() and m.down.strip() for m in migrate.available())
+    # The files that build indexes concurrently or commit between batches run
+    # outside a transaction, as golang-migrate runs every file.
+    outside = {
+        m.filename(direction)
+        for m in migrate.available()
+        for direction in ("up", "down")
+        if not m.in_transaction(direction)
+    }
+    assert outside == {
+        "003_contract_backfill.up.sql",
+        "004_usage_request_index.up.sql",
+        "004_usage_request_index.down.sql",
+        "005_usage_dedupe.up.sql",
+        "006_usage_request_key.up.sql",
+        "006_usage_request_key.down.sql",
+        "007_usage_request_index_drop.up.sql",
+        "007_usage_request_index_drop.down.sql",
+        "010_usage_daily_totals_backfill.up.sql",
+    }
 
 
 def test_available_rejects_an_unpaired_file(tmp_path: Path) -> None:
@@ -297,7 +323,7 @@ def test_up_down_up_round_trip_leaves_identical_schemas(fresh_db: str) -> None:
     assert migrate.up(fresh_db, 1) == [1]
     at_1 = schema(fresh_db)
     assert migrate.up(fresh_db) == AFTER_1
-    at_3 = schema(fresh_db)
+    at_latest = schema(fresh_db)
     assert migrate.status(fresh_db).up_to_date
     assert migrate.up(fresh_db) == []
 
@@ -306,7 +332,7 @@ def test_up_down_up_round_trip_leaves_identical_schemas(fresh_db: str) -> None:
     assert schema(fresh_db) == at_1
 
     assert migrate.up(fresh_db) == AFTER_1
-    assert schema(fresh_db) == at_3
+    assert schema(fresh_db) == at_latest
 
     assert migrate.down(fresh_db, None) == ALL[::-1]
     assert tables(fresh_db) == {"schema_migrations"}
@@ -315,7 +341,7 @@ def test_up_down_up_round_trip_leaves_identical_schemas(fresh_db: str) -> None:
     assert migrate.down(fresh_db) == []
 
     assert migrate.up(fresh_db) == ALL
-    assert schema(fresh_db) == at_3
+    assert schema(fresh_db) == at_latest
     assert version_row(fresh_db) == [(LATEST, False)]
 
 
@@ -400,12 +426,15 @@ def test_upgrade_of_a_database_the_go_service_wrote(fresh_db: str) -> None:
     assert migrate.up(fresh_db, on_notice=notices.append) == AFTER_1
 
     assert version_row(fresh_db) == [(LATEST, False)]
-    moved = [n for n in notices if n.file == "002_contract.up.sql"]
+    moved = [n for n in notices if n.file == "005_usage_dedupe.up.sql"]
     assert [n.message for n in moved] == [
         "moved 4 duplicate usage_records row(s) (same tenant_id and request_id)"
         " to usage_records_duplicates"
     ]
-    # 004 backfilled the daily totals from the rows that stayed.
+    assert [n.message for n in notices if n.file == "003_contract_backfill.up.sql"] == [
+        "backfilled NULLs in 2 tenants row(s) and 2 usage_records row(s)"
+    ]
+    # 010 added up the daily totals of the rows that stayed.
     by_rows = rows(
         fresh_db,
         sql.SQL(
@@ -438,8 +467,10 @@ def test_upgrade_of_a_database_the_go_service_wrote(fresh_db: str) -> None:
         " allowed_models, default_provider, fallback_providers, enabled,"
         " created_at IS NOT NULL, updated_at IS NOT NULL FROM tenants ORDER BY id",
     )
+    # enabled NULL was refused by the Go service (`enabled = true`): it stays
+    # refused (false), where the default of a missing value would let it in.
     assert tenants == [
-        (T1, None, Decimal("0.00"), 60, [], None, [], True, True, True),
+        (T1, None, Decimal("0.00"), 60, [], None, [], False, True, True),
         (
             T2,
             None,
@@ -471,18 +502,23 @@ def test_upgrade_of_a_database_the_go_service_wrote(fresh_db: str) -> None:
         ("tenants", "default_provider"),
     }
     cost_type = [c[1] for c in columns(fresh_db, "usage_records") if c[0] == "cost_usd"]
-    assert cost_type == ["numeric(20,10)"]
+    # Widened without a rewrite; 10 places and the range of numeric(20,10) are kept
+    # by 002's trigger and CHECK (tests/test_go_compat.py).
+    assert cost_type == ["numeric"]
+    assert ("usage_records_tenant_request_key",) in rows(
+        fresh_db,
+        "SELECT indexrelid::regclass::text FROM pg_index WHERE indisunique"
+        " AND indisvalid AND indrelid = 'usage_records'::regclass",
+    )
 
-    # The unique index now refuses what the Go service could do.
-    with (
-        psycopg.connect(fresh_db, autocommit=True) as conn,
-        pytest.raises(psycopg.errors.UniqueViolation),
-    ):
-        conn.execute(
+    # The Go service's retry of a stored request is skipped, without an error.
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        repeat = conn.execute(
             "INSERT INTO usage_records (tenant_id, request_id, model, provider)"
             " VALUES (%s, 'req-1', 'm', 'p')",
             (T1,),
         )
+        assert repeat.rowcount == 0
 
     # Down moves the duplicates back; nothing is lost that way either.
     notices.clear()
@@ -558,8 +594,8 @@ def test_failed_rollback_of_the_first_migration_is_dirty_at_minus_one(
 
 def test_a_version_unknown_here_is_refused(fresh_db: str) -> None:
     assert migrate.up(fresh_db) == ALL
-    migrate.force(fresh_db, 7)
-    with pytest.raises(migrate.MigrationError, match="version 7") as caught:
+    migrate.force(fresh_db, 77)
+    with pytest.raises(migrate.MigrationError, match="version 77") as caught:
         migrate.up(fresh_db)
     assert not isinstance(caught.value, migrate.DirtyDatabase)
     assert migrate.status(fresh_db).pending == ()
@@ -579,18 +615,14 @@ def test_malformed_conninfo_is_invalid_input() -> None:
 # -- locking and concurrency -------------------------------------------------------
 
 
-def wait_for_lock_waiter(conn: psycopg.Connection[Any], lock_id: int) -> None:
-    """Return once another session waits for advisory lock `lock_id`."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        waiting = conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-            " AND NOT granted AND (classid::bigint << 32 | objid::bigint) = %s",
-            (lock_id,),
-        ).fetchone()
-        if waiting and waiting[0]:
-            return
-    pytest.fail(f"nobody waited for advisory lock {lock_id}")
+def wait_for_waiting_runner(caplog: pytest.LogCaptureFixture) -> None:
+    """Return once a runner has said that it waits for the migration lock."""
+    wait_until(
+        lambda: any(
+            "waiting for the migration lock" in r.message for r in caplog.records
+        ),
+        "a runner waits for the migration lock",
+    )
 
 
 @pytest.mark.parametrize(
@@ -602,8 +634,9 @@ def wait_for_lock_waiter(conn: psycopg.Connection[Any], lock_id: int) -> None:
     ],
 )
 def test_up_waits_while_golang_migrate_holds_its_lock(
-    fresh_db: str, prefix: str
+    fresh_db: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="tenantstore.migrate")
     dbname = conninfo_to_dict(fresh_db)["dbname"]
     assert isinstance(dbname, str)
     lock_id = migrate.advisory_lock_id(prefix + dbname, "public", "schema_migrations")
@@ -614,7 +647,7 @@ def test_up_waits_while_golang_migrate_holds_its_lock(
         golang_migrate.execute("SELECT pg_advisory_lock(%s::bigint)", (lock_id,))
         try:
             running = pool.submit(migrate.up, fresh_db)
-            wait_for_lock_waiter(golang_migrate, lock_id)
+            wait_for_waiting_runner(caplog)
             assert not running.done()
             assert migrate.status(fresh_db).version is None
         finally:
@@ -631,7 +664,11 @@ def test_concurrent_runners_apply_each_migration_once(fresh_db: str) -> None:
         ]
         results = sorted((run.result(timeout=120) for run in runs), key=len)
     assert results == [[], ALL]
-    assert [n.file for n in notices] == ["002_contract.up.sql"]
+    # One runner ran the files, each once.
+    assert [n.file for n in notices] == [
+        "003_contract_backfill.up.sql",
+        "005_usage_dedupe.up.sql",
+    ]
     assert version_row(fresh_db) == [(LATEST, False)]
 
 
