@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import shutil
+import subprocess
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, LiteralString, TypeAlias
@@ -25,8 +28,13 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tenantstore import migrate
-from tenantstore.errors import InvalidInput, StoreUnavailable
+from tenantstore import (
+    PostgresTenantRepository,
+    PostgresUsageRepository,
+    create_pool,
+    migrate,
+)
+from tenantstore.errors import InvalidInput, StoreUnavailable, TenantNotFound
 from tests.polling import wait_until
 
 Sql: TypeAlias = LiteralString | sql.SQL | sql.Composed
@@ -672,7 +680,7 @@ def test_concurrent_runners_apply_each_migration_once(fresh_db: str) -> None:
     assert version_row(fresh_db) == [(LATEST, False)]
 
 
-# -- 003: notifications ------------------------------------------------------------
+# -- 008: notifications ------------------------------------------------------------
 
 
 def test_every_committed_change_to_tenants_is_notified(fresh_db: str) -> None:
@@ -708,3 +716,259 @@ def test_every_committed_change_to_tenants_is_notified(fresh_db: str) -> None:
         {"op": "INSERT", "id": T2, "old": None, "new": c},
         {"op": "TRUNCATE"},
     ]
+
+
+# -- adoption of a database the Go service created with psql ------------------------
+
+
+def psql_create_001(url: str) -> None:
+    """What the Go service does: ``psql -f migrations/001_initial.up.sql``.
+
+    Our 001 is the Go service's file with three comment lines on top
+    (test_initial_migration_is_the_original_schema checks the schema it makes).
+    """
+    file = Path(migrate.__file__).resolve().parents[2] / "migrations"
+    path = file / "001_initial.up.sql"
+    psql = shutil.which("psql")
+    if psql is None:  # the same statements, sent the way psql sends a file's
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(path.read_text(encoding="utf-8"))
+        return
+    subprocess.run(
+        [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_a_psql_created_database_is_adopted_at_version_1(
+    fresh_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    psql_create_001(fresh_db)
+    assert "schema_migrations" not in tables(fresh_db)
+    state = migrate.status(fresh_db)
+    assert (state.version, state.dirty) == (None, False)
+    caplog.set_level(logging.INFO, logger="tenantstore.migrate")
+    assert migrate.up(fresh_db) == AFTER_1
+    assert version_row(fresh_db) == [(LATEST, False)]
+    assert any("recorded as version 1" in r.message for r in caplog.records)
+
+
+def test_adopting_10000_go_tenants_keeps_every_key_and_every_total(
+    fresh_db: str,
+) -> None:
+    psql_create_001(fresh_db)
+    n = 10_000
+    with psycopg.connect(fresh_db, autocommit=True) as go:
+        # The Go service's tenants: nil slices (NULL), its own key format, hashed as
+        # hash_api_key does; every 10th with enabled NULL (refused by the Go
+        # service's `enabled = true`), every 7th with a NULL element in an array.
+        go.execute(
+            "INSERT INTO tenants (id, name, api_key_hash, budget_usd, rate_limit_rpm,"
+            " allowed_models, default_provider, fallback_providers, enabled,"
+            " created_at, updated_at)"
+            " SELECT ('00000000-0000-0000-0000-' || lpad(g::text, 12, '0'))::uuid,"
+            "        'go ' || g, encode(sha256(convert_to('gw-key-' || g, 'UTF8')),"
+            "        'hex'), CASE WHEN g %% 3 = 0 THEN NULL ELSE 10 END, 60,"
+            "        CASE WHEN g %% 7 = 0 THEN ARRAY['gpt-4o', NULL] END, NULL, NULL,"
+            "        CASE WHEN g %% 10 = 0 THEN NULL ELSE true END, now(), now()"
+            " FROM generate_series(1, %s) AS g",
+            (n,),
+        )
+        # Go-era usage: 5 rows per tenant, over three days, NULL costs and created_at
+        # here and there, and every 4th request of a tenant recorded twice.
+        go.execute(
+            "INSERT INTO usage_records (tenant_id, request_id, model, provider,"
+            " input_tokens, output_tokens, cost_usd, cached, latency_ms, status,"
+            " created_at)"
+            " SELECT ('00000000-0000-0000-0000-' || lpad(t::text, 12, '0'))::uuid,"
+            "        'req-' || r, 'gpt-4o', 'openai', 10, 20,"
+            "        CASE WHEN r = 3 THEN NULL ELSE (t %% 97) * 0.000123 + r END,"
+            "        false, 5, 'success',"
+            "        CASE WHEN t %% 11 = 0 AND r = 2 THEN NULL"
+            "             ELSE timestamptz '2025-01-01 23:00Z' + r * interval '9 hours'"
+            "        END"
+            " FROM generate_series(1, %s) AS t, generate_series(1, 5) AS r",
+            (n,),
+        )
+        go.execute(
+            "INSERT INTO usage_records (tenant_id, request_id, model, provider,"
+            " cost_usd, created_at)"
+            " SELECT tenant_id, request_id, model, provider, cost_usd + 1, created_at"
+            " FROM usage_records WHERE request_id = 'req-4' AND tenant_id::text < %s",
+            (uid(n // 4),),
+        )
+    assert migrate.up(fresh_db) == AFTER_1
+
+    with create_pool(fresh_db, min_size=1, max_size=2) as pool:
+        repo = PostgresTenantRepository(pool)
+        usage = PostgresUsageRepository(pool)
+        for g in range(1, n + 1):
+            if g % 10 == 0:
+                with pytest.raises(TenantNotFound):
+                    repo.get_by_api_key(f"gw-key-{g}")
+                continue
+            tenant = repo.get_by_api_key(f"gw-key-{g}")
+            assert tenant.id == uid(g)
+            assert tenant.fallback_providers == ()
+            assert tenant.allowed_models == (("gpt-4o",) if g % 7 == 0 else ())
+        sums = dict(
+            rows(
+                fresh_db,
+                "SELECT tenant_id::text, sum(cost_usd) FROM usage_records GROUP BY 1",
+            )
+        )
+        assert len(sums) == n
+        since = datetime(2000, 1, 1, tzinfo=UTC)
+        for tenant_id, total in sums.items():
+            assert usage.get_tenant_total_cost(tenant_id, since) == total
+    # Each request once; the extra copies are kept aside.
+    assert rows(
+        fresh_db,
+        "SELECT count(*), count(DISTINCT (tenant_id, request_id)) FROM usage_records",
+    ) == [(5 * n, 5 * n)]
+    assert rows(fresh_db, "SELECT count(*) FROM usage_records_duplicates") == [
+        (n // 4 - 1,)
+    ]
+
+
+def test_a_schema_that_is_not_001_is_refused_untouched_and_the_advice_works(
+    fresh_db: str,
+) -> None:
+    psql_create_001(fresh_db)
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("DROP TABLE admin_users")
+        conn.execute("ALTER TABLE tenants ALTER COLUMN enabled SET NOT NULL")
+        conn.execute("CREATE INDEX usage_by_model ON usage_records (model)")
+    before = schema(fresh_db)
+    with pytest.raises(migrate.MigrationError) as caught:
+        migrate.up(fresh_db)
+    message = str(caught.value)
+    assert "nothing was changed" in message
+    assert "table admin_users is missing" in message
+    assert (
+        "tenants: column enabled is boolean NOT NULL DEFAULT true,"
+        " not boolean DEFAULT true" in message
+    )
+    assert "usage_records: index usage_by_model is not in it" in message
+    # Nothing changed, nothing marked: not even schema_migrations exists.
+    assert schema(fresh_db) == before
+    assert "schema_migrations" not in tables(fresh_db)
+    assert migrate.status(fresh_db).dirty is False
+
+    # The advice: make it match 001, then migrate up again.
+    initial = migrate.available()[0].up
+    admin = initial[initial.index("CREATE TABLE IF NOT EXISTS admin_users") :]
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute(admin.split("COMMENT ON COLUMN tenants")[0])
+        conn.execute("COMMENT ON COLUMN admin_users.role IS 'admin, editor, or viewer'")
+        conn.execute("ALTER TABLE tenants ALTER COLUMN enabled DROP NOT NULL")
+        conn.execute("DROP INDEX usage_by_model")
+    assert migrate.up(fresh_db) == AFTER_1
+
+
+def test_a_later_schema_without_its_version_is_refused_and_force_works(
+    fresh_db: str,
+) -> None:
+    assert migrate.up(fresh_db) == ALL
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("DROP TABLE schema_migrations")
+    with pytest.raises(migrate.MigrationError) as caught:
+        migrate.up(fresh_db)
+    message = str(caught.value)
+    assert "table usage_daily_totals is not in it" in message
+    assert "tenantstore migrate force VERSION" in message
+    migrate.force(fresh_db, LATEST)  # the advice
+    assert migrate.up(fresh_db) == []
+    assert migrate.status(fresh_db).up_to_date
+
+
+# -- lock timeouts, retries and files outside a transaction -------------------------
+
+
+@contextmanager
+def table_locked(url: str, table: str) -> Iterator[psycopg.Connection[Any]]:
+    """Hold a lock on `table` that every DDL conflicts with, until the block ends."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(sql.Identifier(table))
+        )
+        yield conn
+        conn.rollback()
+
+
+def test_a_lock_not_granted_is_retried_then_refused_clean(fresh_db: str) -> None:
+    assert migrate.up(fresh_db, 1) == [1]
+    with (
+        table_locked(fresh_db, "usage_records"),
+        pytest.raises(migrate.MigrationError) as caught,
+    ):
+        migrate.up(fresh_db, lock_timeout=0.05, lock_retries=2)
+    error = caught.value
+    assert (error.version, error.file) == (2, "002_contract.up.sql")
+    assert isinstance(error.__cause__, psycopg.errors.LockNotAvailable)
+    message = str(error)
+    assert "within lock_timeout (50ms) in 3 attempts" in message
+    assert "still says 1, clean" in message
+    assert version_row(fresh_db) == [(1, False)]
+    # The advice: run it again once that transaction has ended.
+    assert migrate.up(fresh_db) == AFTER_1
+    with pytest.raises(InvalidInput, match="lock_timeout"):
+        migrate.up(fresh_db, lock_timeout=0)
+    with pytest.raises(InvalidInput, match="lock_retries"):
+        migrate.down(fresh_db, lock_retries=-1)
+
+
+def test_a_lock_granted_on_a_retry_lets_the_migration_finish(
+    fresh_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert migrate.up(fresh_db, 1) == [1]
+    caplog.set_level(logging.WARNING, logger="tenantstore.migrate")
+    with ThreadPoolExecutor(1) as pool, table_locked(fresh_db, "tenants"):
+        running = pool.submit(
+            migrate.up, fresh_db, lock_timeout=0.05, lock_retries=1000
+        )
+        wait_until(
+            lambda: any("retrying in" in r.message for r in caplog.records),
+            "the runner retries",
+        )
+        assert not running.done()
+    assert running.result(timeout=60) == AFTER_1
+
+
+def test_a_failed_concurrent_index_is_rebuilt_when_the_advice_is_followed(
+    fresh_db: str, tmp_path: Path
+) -> None:
+    write_migration(
+        tmp_path,
+        1,
+        "table",
+        "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (1), (2);",
+        "DROP TABLE t;",
+    )
+    write_migration(
+        tmp_path,
+        2,
+        "unique",
+        f"{migrate.NO_TRANSACTION_MARKER}\n"
+        "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS t_x ON t (x);\n",
+        f"{migrate.NO_TRANSACTION_MARKER}\nDROP INDEX CONCURRENTLY IF EXISTS t_x;\n",
+    )
+    with pytest.raises(migrate.MigrationError) as caught:
+        migrate.up(fresh_db, source=tmp_path)
+    message = str(caught.value)
+    assert isinstance(caught.value.__cause__, psycopg.errors.UniqueViolation)
+    assert "outside a transaction" in message
+    assert "tenantstore migrate force 1" in message
+    assert version_row(fresh_db) == [(2, True)]
+    valid = "SELECT indisvalid FROM pg_index WHERE indexrelid = 't_x'::regclass"
+    assert rows(fresh_db, valid) == [(False,)]  # what the failed build left
+
+    # The advice: fix the cause, force the version before, migrate again.
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("DELETE FROM t WHERE ctid = (SELECT max(ctid) FROM t WHERE x = 1)")
+    migrate.force(fresh_db, 1)
+    assert migrate.up(fresh_db, source=tmp_path) == [2]
+    assert rows(fresh_db, valid) == [(True,)]
+    assert migrate.down(fresh_db, source=tmp_path) == [2]
+    assert rows(fresh_db, "SELECT to_regclass('t_x')") == [(None,)]
