@@ -103,6 +103,8 @@ BEGIN
     END LOOP;
 
     -- NOT NULL, proven by the CHECKs (no scan), then the CHECKs go: NOT NULL says it.
+    -- Two statements: in one ALTER TABLE, PostgreSQL drops the constraints before
+    -- it sets NOT NULL, and then scans the whole table under ACCESS EXCLUSIVE.
     ALTER TABLE usage_records
         ALTER COLUMN input_tokens SET NOT NULL,
         ALTER COLUMN output_tokens SET NOT NULL,
@@ -110,7 +112,8 @@ BEGIN
         ALTER COLUMN cached SET NOT NULL,
         ALTER COLUMN latency_ms SET NOT NULL,
         ALTER COLUMN status SET NOT NULL,
-        ALTER COLUMN created_at SET NOT NULL,
+        ALTER COLUMN created_at SET NOT NULL;
+    ALTER TABLE usage_records
         DROP CONSTRAINT IF EXISTS usage_records_input_tokens_not_null,
         DROP CONSTRAINT IF EXISTS usage_records_output_tokens_not_null,
         DROP CONSTRAINT IF EXISTS usage_records_cost_usd_not_null,
@@ -126,7 +129,8 @@ BEGIN
         ALTER COLUMN fallback_providers SET NOT NULL,
         ALTER COLUMN enabled SET NOT NULL,
         ALTER COLUMN created_at SET NOT NULL,
-        ALTER COLUMN updated_at SET NOT NULL,
+        ALTER COLUMN updated_at SET NOT NULL;
+    ALTER TABLE tenants
         DROP CONSTRAINT IF EXISTS tenants_budget_usd_not_null,
         DROP CONSTRAINT IF EXISTS tenants_rate_limit_rpm_not_null,
         DROP CONSTRAINT IF EXISTS tenants_allowed_models_not_null,
