@@ -294,6 +294,38 @@ def test_a_retried_go_request_is_stored_once_without_error(
     ) == usage.get_tenant_total_cost(tenant_id, since)
 
 
+def test_a_request_repeated_within_one_statement_is_stored_once(
+    clean_db: str,
+) -> None:
+    tenant_id = go_create(clean_db, key="mk")
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        inserted = conn.execute(
+            "INSERT INTO usage_records (tenant_id, request_id, model, provider,"
+            " cost_usd) VALUES (%s, 'x', 'm', 'p', 1), (%s, 'x', 'm', 'p', 2),"
+            " (%s, 'y', 'm', 'p', 3)",
+            (tenant_id, tenant_id, tenant_id),
+        )
+        assert inserted.rowcount == 2
+        with conn.cursor().copy(
+            "COPY usage_records (tenant_id, request_id, model, provider, cost_usd)"
+            " FROM STDIN"
+        ) as copy:
+            for request_id in ("y", "z", "z"):
+                copy.write_row((tenant_id, request_id, "m", "p", 4))
+        stored = conn.execute(
+            "SELECT request_id, cost_usd FROM usage_records WHERE tenant_id = %s"
+            " ORDER BY 1",
+            (tenant_id,),
+        ).fetchall()
+        totals = conn.execute(
+            "SELECT sum(records), sum(cost_usd) FROM usage_daily_totals"
+            " WHERE tenant_id = %s",
+            (tenant_id,),
+        ).fetchone()
+    assert [(r, int(c)) for r, c in stored] == [("x", 1), ("y", 3), ("z", 4)]
+    assert totals == (3, Decimal("8.0000000000"))
+
+
 def test_two_concurrent_plain_inserts_of_one_request_store_one(clean_db: str) -> None:
     tenant_id = go_create(clean_db, key="ck")
     with (
