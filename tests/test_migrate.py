@@ -1,10 +1,15 @@
 """The migration runner and the migration files, against a real PostgreSQL.
 
 Each test gets its own empty database (`fresh_db`). Covered: the files themselves
-(001 is the original schema column by column; 002 upgrades a database the Go
-service wrote to without losing a row; 003 notifies every change), the round trip
-up/down/up, golang-migrate's bookkeeping (dirty marks, -1, the advisory lock id and
-waiting on it), failures, refusals and `force`, concurrent runners.
+(001 is the original schema column by column; 002..007 upgrade a database the Go
+service wrote to without losing a row, and 003 sets NOT NULL without a scan; 008
+notifies every change), the round trip up/down/up, golang-migrate's bookkeeping
+(dirty marks, -1, the advisory lock id and waiting on it), failures, refusals and
+`force`, concurrent runners; adopting a database the Go service created with psql
+(and refusing, untouched, one that is not exactly 001), lock timeouts and retries,
+files run outside a transaction. The Go service's statements against the migrated
+schema: tests/test_go_compat.py; migrating a million rows while serving:
+tests/test_migrate_online.py.
 """
 
 from __future__ import annotations
