@@ -5,7 +5,9 @@ duplicates); a loop in another thread keeps authenticating and recording usage
 while every migration runs. No timing is asserted (the `migrate-online` benchmark
 reports the longest stall): the loop kept making progress, none of its calls
 failed, and what it recorded while the migrations ran is counted exactly — once
-per request, and in the daily totals that were being added up meanwhile.
+per request, and in the daily totals that were being added up meanwhile. A second
+test aims writers at the few (tenant, day) pairs 010 is adding up, inserting,
+moving and deleting rows, and checks that the totals still equal the rows.
 """
 
 from __future__ import annotations
