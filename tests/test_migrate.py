@@ -892,11 +892,15 @@ def test_a_later_schema_without_its_version_is_refused_and_force_works(
 
 
 @contextmanager
-def table_locked(url: str, table: str) -> Iterator[psycopg.Connection[Any]]:
-    """Hold a lock on `table` that every DDL conflicts with, until the block ends."""
+def table_locked(
+    url: str, table: str, mode: str = "ACCESS SHARE"
+) -> Iterator[psycopg.Connection[Any]]:
+    """Hold a lock on `table` (ACCESS SHARE: every ALTER conflicts with it)."""
     with psycopg.connect(url) as conn:
         conn.execute(
-            sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(sql.Identifier(table))
+            sql.SQL("LOCK TABLE {} IN {} MODE").format(
+                sql.Identifier(table), sql.SQL(mode)
+            )
         )
         yield conn
         conn.rollback()
@@ -914,6 +918,7 @@ def test_a_lock_not_granted_is_retried_then_refused_clean(fresh_db: str) -> None
     assert isinstance(error.__cause__, psycopg.errors.LockNotAvailable)
     message = str(error)
     assert "within lock_timeout (50ms) in 3 attempts" in message
+    assert "Nothing changed and nothing is marked dirty" in message
     assert "still says 1, clean" in message
     assert version_row(fresh_db) == [(1, False)]
     # The advice: run it again once that transaction has ended.
@@ -922,6 +927,26 @@ def test_a_lock_not_granted_is_retried_then_refused_clean(fresh_db: str) -> None
         migrate.up(fresh_db, lock_timeout=0)
     with pytest.raises(InvalidInput, match="lock_retries"):
         migrate.down(fresh_db, lock_retries=-1)
+
+
+def test_a_file_outside_a_transaction_that_gives_up_is_dirty_and_the_advice_works(
+    fresh_db: str,
+) -> None:
+    assert migrate.up(fresh_db, 3) == [1, 2, 3]
+    # CREATE INDEX CONCURRENTLY (004) needs SHARE UPDATE EXCLUSIVE.
+    with (
+        table_locked(fresh_db, "usage_records", "SHARE UPDATE EXCLUSIVE"),
+        pytest.raises(migrate.MigrationError) as caught,
+    ):
+        migrate.up(fresh_db, lock_timeout=0.05, lock_retries=1)
+    assert caught.value.file == "004_usage_request_index.up.sql"
+    message = str(caught.value)
+    assert "in 2 attempts" in message
+    assert "says 4, dirty" in message
+    assert "tenantstore migrate force 3" in message
+    assert version_row(fresh_db) == [(4, True)]
+    migrate.force(fresh_db, 3)  # the advice, once the lock is gone
+    assert migrate.up(fresh_db) == ALL[3:]
 
 
 def test_a_lock_granted_on_a_retry_lets_the_migration_finish(

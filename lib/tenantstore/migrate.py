@@ -627,11 +627,16 @@ class _Session:
                     break
                 except _RETRYABLE as exc:
                     if attempt > self.retry.retries:
-                        # Nothing of a transactional file is left, and a marked file
-                        # is written to be run again: back to where we were, clean.
-                        with _translated(), self.conn.transaction():
-                            self.write_version(current, dirty=False)
-                        raise _busy(migration, file, current, attempt, self) from exc
+                        if transactional:
+                            # Nothing of the file is left: back to where we were.
+                            with _translated(), self.conn.transaction():
+                                self.write_version(current, dirty=False)
+                        # A marked file may have committed part of its work: it
+                        # stays dirty, as golang-migrate leaves it, until forced.
+                        raise _busy(
+                            migration, file, target, current, attempt, transactional,
+                            self.retry,
+                        ) from exc  # fmt: skip
                     delay = self.retry.delay(attempt)
                     log.warning(
                         "%s: %s (lock_timeout %s); retrying in %.1f s (retry %d of %d)",
@@ -809,21 +814,34 @@ def _differences(live: _Description, reference: _Description) -> list[str]:
 def _busy(
     migration: Migration,
     file: str,
+    target: int | None,
     current: int | None,
     attempts: int,
-    session: _Session,
+    transactional: bool,
+    retry: _Retry,
 ) -> MigrationError:
-    shown = "none (-1)" if current is None else str(current)
-    return MigrationError(
+    at = "-1" if current is None else str(current)
+    shown = "none (-1)" if current is None else at
+    why = (
         f"migration {file} could not take the locks it needs within lock_timeout "
-        f"({session.retry.setting}) in {attempts} attempts: a long transaction holds "
-        "a lock on its tables or waits for one (see pg_stat_activity and pg_locks). "
-        f"Nothing is marked dirty: schema_migrations still says {shown}, clean. Run "
-        "`migrate up` again once that transaction has ended, or with a longer lock "
-        "timeout or more retries.",
-        version=migration.version,
-        file=file,
+        f"({retry.setting}) in {attempts} attempts: a long transaction holds a lock "
+        "on its tables or waits for one (see pg_stat_activity and pg_locks)."
     )
+    if transactional:
+        then = (
+            f"Nothing changed and nothing is marked dirty: schema_migrations still "
+            f"says {shown}, clean. Run `migrate up` again once that transaction has "
+            "ended, or with a longer lock timeout or more retries."
+        )
+    else:
+        dirty_at = "-1" if target is None else str(target)
+        then = (
+            "It runs outside a transaction, so what it committed before stays, and it "
+            f"is written to be run again; schema_migrations says {dirty_at}, dirty. "
+            f"Once that transaction has ended, run `tenantstore migrate force {at}` "
+            "and migrate again."
+        )
+    return MigrationError(f"{why} {then}", version=migration.version, file=file)
 
 
 def _failure(
