@@ -20,9 +20,10 @@ untouched, with the differences named.
 
 Migrations run beside live writers: every statement waits at most `lock_timeout` for
 a lock, and a file whose lock was not granted (or that lost a deadlock) is retried
-with backoff, `lock_retries` times, then given up with nothing marked dirty. NOTICEs a
-file raises are logged on the ``tenantstore.migrate`` logger and handed to an optional
-callback. This module runs no repository code and never creates a pool.
+with backoff, `lock_retries` times, then given up (a file in a transaction leaves the
+version clean, a file outside one leaves it dirty). NOTICEs a file raises are logged
+on the ``tenantstore.migrate`` logger and handed to an optional callback. This module
+runs no repository code and never creates a pool.
 """
 
 from __future__ import annotations
@@ -295,7 +296,7 @@ def up(
     `lock_retries` times with backoff. Raises `DirtyDatabase` without running
     anything when the database is dirty; `MigrationError` when the recorded version
     is unknown here, an unversioned schema is not exactly the first migration's, the
-    locks stayed busy through every retry (nothing marked dirty), or a file fails
+    locks stayed busy through every retry, or a file fails
     (the version left dirty, the driver's error as ``__cause__``); `InvalidInput`
     for a `target` that is not an available version or lies below the current one,
     or a bad `lock_timeout`/`lock_retries`; `StoreUnavailable` when the database is
