@@ -44,9 +44,9 @@ _SPREAD = timedelta(days=40)  # usage rows span this much, so ~1/4 fall outside
 COST_UNIT = Decimal("1E-7")  # row g costs ((g % 1000) + 1) * COST_UNIT
 _KEEP_IDS = 10_000  # expected request ids are listed for tenants this small
 # The schema version the bulk data is loaded at: the contract's columns (cost
-# precision, the unique request index), before any trigger on usage_records. The
-# migrations after it must take existing rows into account anyway (a database the
-# Go service filled), and do it in one statement.
+# precision) and row rules, before the unique request index and the daily totals.
+# The migrations after it must take existing rows into account anyway (a database
+# the Go service filled), and do it in batches.
 LOAD_VERSION = 2
 
 
@@ -123,8 +123,8 @@ class Data:
                 f"usage {', '.join(f'{n:,}' for n in sizes.cost_rows if n)} rows"
             )
             # Loaded at LOAD_VERSION, then migrated: later migrations derive their
-            # state (daily cost totals) from the rows in one statement, where the
-            # row triggers they install would take minutes for a million rows.
+            # state (the unique index, daily cost totals) from the rows, the way
+            # they do for a database the Go service filled.
             url = self._database("lookup", target=LOAD_VERSION)
             tenants = make_tenants(sizes.tenants, "lookup")
             with psycopg.connect(url, autocommit=True) as conn:

@@ -51,7 +51,7 @@ from tests.pgserver import scratch_database
 
 __all__ = ["SCENARIOS"]
 
-CHANNEL = "tenantstore_tenants"  # the trigger's (migrations/003)
+CHANNEL = "tenantstore_tenants"  # the trigger's (migrations/008)
 SET_ENABLED = "UPDATE tenants SET enabled = %s WHERE id = %s"
 DEADLINE = 10.0  # a notification not applied by then fails the scenario
 

@@ -139,7 +139,7 @@ def usage(ctx: Context) -> Iterator[list[Variant]]:
 
 
 _ONE_DAY = timedelta(days=1)
-# Since migration 004, ours sums the rows of the partial first day and the daily
+# Since migration 009, ours sums the rows of the partial first day and the daily
 # totals of the whole days after it; the floor runs that same statement.
 _BY_DAYS: str | None = getattr(_sql, "SELECT_TOTAL_COST_BY_DAYS", None)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from benchmarks import (
     scenarios_async,
     scenarios_cache,
+    scenarios_migrate,
     scenarios_revocation,
     scenarios_tenants,
     scenarios_usage,
@@ -19,6 +20,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     *scenarios_tenants.SCENARIOS,
     *scenarios_usage.SCENARIOS,
     *scenarios_async.SCENARIOS,
+    *scenarios_migrate.SCENARIOS,
 )
 
 

@@ -1,45 +1,31 @@
--- Reverses 002_contract as far as it can be reversed. Duplicates move back into
--- usage_records. What cannot come back: the NULLs that were backfilled and the NULL
--- array elements that were removed. Costs are rounded to 6 places again (the original
--- decimal(10,6)); a cost of 10000 or more cannot fit, and then this file fails and
--- changes nothing.
-
-LOCK TABLE usage_records, tenants IN ACCESS EXCLUSIVE MODE;
-
-DROP INDEX usage_records_tenant_request_key;
-
-DO $$
-DECLARE
-    restored bigint;
-BEGIN
-    INSERT INTO usage_records
-        (id, tenant_id, request_id, model, provider, input_tokens, output_tokens,
-         cost_usd, cached, latency_ms, status, created_at)
-    SELECT id, tenant_id, request_id, model, provider, input_tokens, output_tokens,
-           cost_usd, cached, latency_ms, status, created_at
-    FROM usage_records_duplicates;
-    GET DIAGNOSTICS restored = ROW_COUNT;
-    RAISE NOTICE 'moved % row(s) from usage_records_duplicates back to usage_records', restored;
-END
-$$;
+-- Reverses 002_contract. Costs go back to decimal(10,6) (the original column): that
+-- rounds them to 6 places and rewrites usage_records; a cost of 10000 or more cannot
+-- fit, and then this file fails and changes nothing. What 002 coerced on the way in
+-- (NULLs written as defaults, enabled NULL as false) stays as written.
 
 DROP TABLE usage_records_duplicates;
 
-ALTER TABLE usage_records
-    ALTER COLUMN cost_usd TYPE decimal(10, 6),
-    ALTER COLUMN input_tokens DROP NOT NULL,
-    ALTER COLUMN output_tokens DROP NOT NULL,
-    ALTER COLUMN cost_usd DROP NOT NULL,
-    ALTER COLUMN cached DROP NOT NULL,
-    ALTER COLUMN latency_ms DROP NOT NULL,
-    ALTER COLUMN status DROP NOT NULL,
-    ALTER COLUMN created_at DROP NOT NULL;
-
 ALTER TABLE tenants
-    ALTER COLUMN budget_usd DROP NOT NULL,
-    ALTER COLUMN rate_limit_rpm DROP NOT NULL,
-    ALTER COLUMN allowed_models DROP NOT NULL,
-    ALTER COLUMN fallback_providers DROP NOT NULL,
-    ALTER COLUMN enabled DROP NOT NULL,
-    ALTER COLUMN created_at DROP NOT NULL,
-    ALTER COLUMN updated_at DROP NOT NULL;
+    DROP CONSTRAINT tenants_budget_usd_not_null,
+    DROP CONSTRAINT tenants_rate_limit_rpm_not_null,
+    DROP CONSTRAINT tenants_allowed_models_not_null,
+    DROP CONSTRAINT tenants_fallback_providers_not_null,
+    DROP CONSTRAINT tenants_enabled_not_null,
+    DROP CONSTRAINT tenants_created_at_not_null,
+    DROP CONSTRAINT tenants_updated_at_not_null;
+
+ALTER TABLE usage_records
+    DROP CONSTRAINT usage_records_cost_usd_range,
+    DROP CONSTRAINT usage_records_input_tokens_not_null,
+    DROP CONSTRAINT usage_records_output_tokens_not_null,
+    DROP CONSTRAINT usage_records_cost_usd_not_null,
+    DROP CONSTRAINT usage_records_cached_not_null,
+    DROP CONSTRAINT usage_records_latency_ms_not_null,
+    DROP CONSTRAINT usage_records_status_not_null,
+    DROP CONSTRAINT usage_records_created_at_not_null,
+    ALTER COLUMN cost_usd TYPE decimal(10, 6);
+
+DROP TRIGGER tenantstore_tenants_before_write ON tenants;
+DROP TRIGGER tenantstore_usage_before_write ON usage_records;
+DROP FUNCTION tenantstore_tenants_before_write();
+DROP FUNCTION tenantstore_usage_before_write();

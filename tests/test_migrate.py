@@ -1,21 +1,29 @@
 """The migration runner and the migration files, against a real PostgreSQL.
 
 Each test gets its own empty database (`fresh_db`). Covered: the files themselves
-(001 is the original schema column by column; 002 upgrades a database the Go
-service wrote to without losing a row; 003 notifies every change), the round trip
-up/down/up, golang-migrate's bookkeeping (dirty marks, -1, the advisory lock id and
-waiting on it), failures, refusals and `force`, concurrent runners.
+(001 is the original schema column by column; 002..007 upgrade a database the Go
+service wrote to without losing a row, and 003 sets NOT NULL without a scan; 008
+notifies every change), the round trip up/down/up, golang-migrate's bookkeeping
+(dirty marks, -1, the advisory lock id and waiting on it), failures, refusals and
+`force`, concurrent runners; adopting a database the Go service created with psql
+(and refusing, untouched, one that is not exactly 001), lock timeouts and retries,
+files run outside a transaction. The Go service's statements against the migrated
+schema: tests/test_go_compat.py; migrating a million rows while serving:
+tests/test_migrate_online.py.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
-import time
+import shutil
+import subprocess
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, LiteralString, TypeAlias
@@ -25,12 +33,18 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tenantstore import migrate
-from tenantstore.errors import InvalidInput, StoreUnavailable
+from tenantstore import (
+    PostgresTenantRepository,
+    PostgresUsageRepository,
+    create_pool,
+    migrate,
+)
+from tenantstore.errors import InvalidInput, StoreUnavailable, TenantNotFound
+from tests.polling import wait_until
 
 Sql: TypeAlias = LiteralString | sql.SQL | sql.Composed
 
-LATEST = 4
+LATEST = 10
 ALL = list(range(1, LATEST + 1))
 AFTER_1 = ALL[1:]
 ORIGINAL_TABLES = {"tenants", "usage_records", "admin_users"}
@@ -157,10 +171,35 @@ def test_available_lists_the_shipped_migrations_in_order() -> None:
     assert found == [
         (1, "initial"),
         (2, "contract"),
-        (3, "tenant_notify"),
-        (4, "usage_daily_totals"),
+        (3, "contract_backfill"),
+        (4, "usage_request_index"),
+        (5, "usage_dedupe"),
+        (6, "usage_request_key"),
+        (7, "usage_request_index_drop"),
+        (8, "tenant_notify"),
+        (9, "usage_daily_totals"),
+        (10, "usage_daily_totals_backfill"),
     ]
     assert all(m.up.strip() and m.down.strip() for m in migrate.available())
+    # The files that build indexes concurrently or commit between batches run
+    # outside a transaction, as golang-migrate runs every file.
+    outside = {
+        m.filename(direction)
+        for m in migrate.available()
+        for direction in ("up", "down")
+        if not m.in_transaction(direction)
+    }
+    assert outside == {
+        "003_contract_backfill.up.sql",
+        "004_usage_request_index.up.sql",
+        "004_usage_request_index.down.sql",
+        "005_usage_dedupe.up.sql",
+        "006_usage_request_key.up.sql",
+        "006_usage_request_key.down.sql",
+        "007_usage_request_index_drop.up.sql",
+        "007_usage_request_index_drop.down.sql",
+        "010_usage_daily_totals_backfill.up.sql",
+    }
 
 
 def test_available_rejects_an_unpaired_file(tmp_path: Path) -> None:
@@ -297,7 +336,7 @@ def test_up_down_up_round_trip_leaves_identical_schemas(fresh_db: str) -> None:
     assert migrate.up(fresh_db, 1) == [1]
     at_1 = schema(fresh_db)
     assert migrate.up(fresh_db) == AFTER_1
-    at_3 = schema(fresh_db)
+    at_latest = schema(fresh_db)
     assert migrate.status(fresh_db).up_to_date
     assert migrate.up(fresh_db) == []
 
@@ -306,7 +345,7 @@ def test_up_down_up_round_trip_leaves_identical_schemas(fresh_db: str) -> None:
     assert schema(fresh_db) == at_1
 
     assert migrate.up(fresh_db) == AFTER_1
-    assert schema(fresh_db) == at_3
+    assert schema(fresh_db) == at_latest
 
     assert migrate.down(fresh_db, None) == ALL[::-1]
     assert tables(fresh_db) == {"schema_migrations"}
@@ -315,7 +354,7 @@ def test_up_down_up_round_trip_leaves_identical_schemas(fresh_db: str) -> None:
     assert migrate.down(fresh_db) == []
 
     assert migrate.up(fresh_db) == ALL
-    assert schema(fresh_db) == at_3
+    assert schema(fresh_db) == at_latest
     assert version_row(fresh_db) == [(LATEST, False)]
 
 
@@ -400,12 +439,15 @@ def test_upgrade_of_a_database_the_go_service_wrote(fresh_db: str) -> None:
     assert migrate.up(fresh_db, on_notice=notices.append) == AFTER_1
 
     assert version_row(fresh_db) == [(LATEST, False)]
-    moved = [n for n in notices if n.file == "002_contract.up.sql"]
+    moved = [n for n in notices if n.file == "005_usage_dedupe.up.sql"]
     assert [n.message for n in moved] == [
         "moved 4 duplicate usage_records row(s) (same tenant_id and request_id)"
         " to usage_records_duplicates"
     ]
-    # 004 backfilled the daily totals from the rows that stayed.
+    assert [n.message for n in notices if n.file == "003_contract_backfill.up.sql"] == [
+        "backfilled NULLs in 2 tenants row(s) and 2 usage_records row(s)"
+    ]
+    # 010 added up the daily totals of the rows that stayed.
     by_rows = rows(
         fresh_db,
         sql.SQL(
@@ -438,8 +480,10 @@ def test_upgrade_of_a_database_the_go_service_wrote(fresh_db: str) -> None:
         " allowed_models, default_provider, fallback_providers, enabled,"
         " created_at IS NOT NULL, updated_at IS NOT NULL FROM tenants ORDER BY id",
     )
+    # enabled NULL was refused by the Go service (`enabled = true`): it stays
+    # refused (false), where the default of a missing value would let it in.
     assert tenants == [
-        (T1, None, Decimal("0.00"), 60, [], None, [], True, True, True),
+        (T1, None, Decimal("0.00"), 60, [], None, [], False, True, True),
         (
             T2,
             None,
@@ -471,18 +515,23 @@ def test_upgrade_of_a_database_the_go_service_wrote(fresh_db: str) -> None:
         ("tenants", "default_provider"),
     }
     cost_type = [c[1] for c in columns(fresh_db, "usage_records") if c[0] == "cost_usd"]
-    assert cost_type == ["numeric(20,10)"]
+    # Widened without a rewrite; 10 places and the range of numeric(20,10) are kept
+    # by 002's trigger and CHECK (tests/test_go_compat.py).
+    assert cost_type == ["numeric"]
+    assert ("usage_records_tenant_request_key",) in rows(
+        fresh_db,
+        "SELECT indexrelid::regclass::text FROM pg_index WHERE indisunique"
+        " AND indisvalid AND indrelid = 'usage_records'::regclass",
+    )
 
-    # The unique index now refuses what the Go service could do.
-    with (
-        psycopg.connect(fresh_db, autocommit=True) as conn,
-        pytest.raises(psycopg.errors.UniqueViolation),
-    ):
-        conn.execute(
+    # The Go service's retry of a stored request is skipped, without an error.
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        repeat = conn.execute(
             "INSERT INTO usage_records (tenant_id, request_id, model, provider)"
             " VALUES (%s, 'req-1', 'm', 'p')",
             (T1,),
         )
+        assert repeat.rowcount == 0
 
     # Down moves the duplicates back; nothing is lost that way either.
     notices.clear()
@@ -558,8 +607,8 @@ def test_failed_rollback_of_the_first_migration_is_dirty_at_minus_one(
 
 def test_a_version_unknown_here_is_refused(fresh_db: str) -> None:
     assert migrate.up(fresh_db) == ALL
-    migrate.force(fresh_db, 7)
-    with pytest.raises(migrate.MigrationError, match="version 7") as caught:
+    migrate.force(fresh_db, 77)
+    with pytest.raises(migrate.MigrationError, match="version 77") as caught:
         migrate.up(fresh_db)
     assert not isinstance(caught.value, migrate.DirtyDatabase)
     assert migrate.status(fresh_db).pending == ()
@@ -579,18 +628,14 @@ def test_malformed_conninfo_is_invalid_input() -> None:
 # -- locking and concurrency -------------------------------------------------------
 
 
-def wait_for_lock_waiter(conn: psycopg.Connection[Any], lock_id: int) -> None:
-    """Return once another session waits for advisory lock `lock_id`."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        waiting = conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-            " AND NOT granted AND (classid::bigint << 32 | objid::bigint) = %s",
-            (lock_id,),
-        ).fetchone()
-        if waiting and waiting[0]:
-            return
-    pytest.fail(f"nobody waited for advisory lock {lock_id}")
+def wait_for_waiting_runner(caplog: pytest.LogCaptureFixture) -> None:
+    """Return once a runner has said that it waits for the migration lock."""
+    wait_until(
+        lambda: any(
+            "waiting for the migration lock" in r.message for r in caplog.records
+        ),
+        "a runner waits for the migration lock",
+    )
 
 
 @pytest.mark.parametrize(
@@ -602,8 +647,9 @@ def wait_for_lock_waiter(conn: psycopg.Connection[Any], lock_id: int) -> None:
     ],
 )
 def test_up_waits_while_golang_migrate_holds_its_lock(
-    fresh_db: str, prefix: str
+    fresh_db: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="tenantstore.migrate")
     dbname = conninfo_to_dict(fresh_db)["dbname"]
     assert isinstance(dbname, str)
     lock_id = migrate.advisory_lock_id(prefix + dbname, "public", "schema_migrations")
@@ -614,7 +660,7 @@ def test_up_waits_while_golang_migrate_holds_its_lock(
         golang_migrate.execute("SELECT pg_advisory_lock(%s::bigint)", (lock_id,))
         try:
             running = pool.submit(migrate.up, fresh_db)
-            wait_for_lock_waiter(golang_migrate, lock_id)
+            wait_for_waiting_runner(caplog)
             assert not running.done()
             assert migrate.status(fresh_db).version is None
         finally:
@@ -631,11 +677,15 @@ def test_concurrent_runners_apply_each_migration_once(fresh_db: str) -> None:
         ]
         results = sorted((run.result(timeout=120) for run in runs), key=len)
     assert results == [[], ALL]
-    assert [n.file for n in notices] == ["002_contract.up.sql"]
+    # One runner ran the files, each once.
+    assert [n.file for n in notices] == [
+        "003_contract_backfill.up.sql",
+        "005_usage_dedupe.up.sql",
+    ]
     assert version_row(fresh_db) == [(LATEST, False)]
 
 
-# -- 003: notifications ------------------------------------------------------------
+# -- 008: notifications ------------------------------------------------------------
 
 
 def test_every_committed_change_to_tenants_is_notified(fresh_db: str) -> None:
@@ -671,3 +721,311 @@ def test_every_committed_change_to_tenants_is_notified(fresh_db: str) -> None:
         {"op": "INSERT", "id": T2, "old": None, "new": c},
         {"op": "TRUNCATE"},
     ]
+
+
+# -- adoption of a database the Go service created with psql ------------------------
+
+
+def psql_create_001(url: str) -> None:
+    """What the Go service does: ``psql -f migrations/001_initial.up.sql``.
+
+    Our 001 is the Go service's file with three comment lines on top
+    (test_initial_migration_is_the_original_schema checks the schema it makes).
+    """
+    file = Path(migrate.__file__).resolve().parents[2] / "migrations"
+    path = file / "001_initial.up.sql"
+    psql = shutil.which("psql")
+    if psql is None:  # the same statements, sent the way psql sends a file's
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(path.read_text(encoding="utf-8"))
+        return
+    subprocess.run(
+        [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_a_psql_created_database_is_adopted_at_version_1(
+    fresh_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    psql_create_001(fresh_db)
+    assert "schema_migrations" not in tables(fresh_db)
+    state = migrate.status(fresh_db)
+    assert (state.version, state.dirty) == (None, False)
+    caplog.set_level(logging.INFO, logger="tenantstore.migrate")
+    assert migrate.up(fresh_db) == AFTER_1
+    assert version_row(fresh_db) == [(LATEST, False)]
+    assert any("recorded as version 1" in r.message for r in caplog.records)
+
+
+def test_adopting_10000_go_tenants_keeps_every_key_and_every_total(
+    fresh_db: str,
+) -> None:
+    psql_create_001(fresh_db)
+    n = 10_000
+    with psycopg.connect(fresh_db, autocommit=True) as go:
+        # The Go service's tenants: nil slices (NULL), its own key format, hashed as
+        # hash_api_key does; every 10th with enabled NULL (refused by the Go
+        # service's `enabled = true`), every 7th with a NULL element in an array.
+        go.execute(
+            "INSERT INTO tenants (id, name, api_key_hash, budget_usd, rate_limit_rpm,"
+            " allowed_models, default_provider, fallback_providers, enabled,"
+            " created_at, updated_at)"
+            " SELECT ('00000000-0000-0000-0000-' || lpad(g::text, 12, '0'))::uuid,"
+            "        'go ' || g, encode(sha256(convert_to('gw-key-' || g, 'UTF8')),"
+            "        'hex'), CASE WHEN g %% 3 = 0 THEN NULL ELSE 10 END, 60,"
+            "        CASE WHEN g %% 7 = 0 THEN ARRAY['gpt-4o', NULL] END, NULL, NULL,"
+            "        CASE WHEN g %% 10 = 0 THEN NULL ELSE true END, now(), now()"
+            " FROM generate_series(1, %s) AS g",
+            (n,),
+        )
+        # Go-era usage: 5 rows per tenant, over three days, NULL costs and created_at
+        # here and there, and every 4th request of a tenant recorded twice.
+        go.execute(
+            "INSERT INTO usage_records (tenant_id, request_id, model, provider,"
+            " input_tokens, output_tokens, cost_usd, cached, latency_ms, status,"
+            " created_at)"
+            " SELECT ('00000000-0000-0000-0000-' || lpad(t::text, 12, '0'))::uuid,"
+            "        'req-' || r, 'gpt-4o', 'openai', 10, 20,"
+            "        CASE WHEN r = 3 THEN NULL ELSE (t %% 97) * 0.000123 + r END,"
+            "        false, 5, 'success',"
+            "        CASE WHEN t %% 11 = 0 AND r = 2 THEN NULL"
+            "             ELSE timestamptz '2025-01-01 23:00Z' + r * interval '9 hours'"
+            "        END"
+            " FROM generate_series(1, %s) AS t, generate_series(1, 5) AS r",
+            (n,),
+        )
+        go.execute(
+            "INSERT INTO usage_records (tenant_id, request_id, model, provider,"
+            " cost_usd, created_at)"
+            " SELECT tenant_id, request_id, model, provider, cost_usd + 1, created_at"
+            " FROM usage_records WHERE request_id = 'req-4' AND tenant_id::text < %s",
+            (uid(n // 4),),
+        )
+    assert migrate.up(fresh_db) == AFTER_1
+
+    with create_pool(fresh_db, min_size=1, max_size=2) as pool:
+        repo = PostgresTenantRepository(pool)
+        usage = PostgresUsageRepository(pool)
+        for g in range(1, n + 1):
+            if g % 10 == 0:
+                with pytest.raises(TenantNotFound):
+                    repo.get_by_api_key(f"gw-key-{g}")
+                continue
+            tenant = repo.get_by_api_key(f"gw-key-{g}")
+            assert tenant.id == uid(g)
+            assert tenant.fallback_providers == ()
+            assert tenant.allowed_models == (("gpt-4o",) if g % 7 == 0 else ())
+        sums = dict(
+            rows(
+                fresh_db,
+                "SELECT tenant_id::text, sum(cost_usd) FROM usage_records GROUP BY 1",
+            )
+        )
+        assert len(sums) == n
+        since = datetime(2000, 1, 1, tzinfo=UTC)
+        for tenant_id, total in sums.items():
+            assert usage.get_tenant_total_cost(tenant_id, since) == total
+    # Each request once; the extra copies are kept aside.
+    assert rows(
+        fresh_db,
+        "SELECT count(*), count(DISTINCT (tenant_id, request_id)) FROM usage_records",
+    ) == [(5 * n, 5 * n)]
+    assert rows(fresh_db, "SELECT count(*) FROM usage_records_duplicates") == [
+        (n // 4 - 1,)
+    ]
+
+
+def test_a_schema_that_is_not_001_is_refused_untouched_and_the_advice_works(
+    fresh_db: str,
+) -> None:
+    psql_create_001(fresh_db)
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("DROP TABLE admin_users")
+        conn.execute("ALTER TABLE tenants ALTER COLUMN enabled SET NOT NULL")
+        conn.execute("CREATE INDEX usage_by_model ON usage_records (model)")
+    before = schema(fresh_db)
+    with pytest.raises(migrate.MigrationError) as caught:
+        migrate.up(fresh_db)
+    message = str(caught.value)
+    assert "nothing was changed" in message
+    assert "table admin_users is missing" in message
+    assert (
+        "tenants: column enabled is boolean NOT NULL DEFAULT true,"
+        " not boolean DEFAULT true" in message
+    )
+    assert "usage_records: index usage_by_model is not in it" in message
+    # Nothing changed, nothing marked: not even schema_migrations exists.
+    assert schema(fresh_db) == before
+    assert "schema_migrations" not in tables(fresh_db)
+    assert migrate.status(fresh_db).dirty is False
+
+    # The advice: make it match 001, then migrate up again.
+    initial = migrate.available()[0].up
+    admin = initial[initial.index("CREATE TABLE IF NOT EXISTS admin_users") :]
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute(admin.split("COMMENT ON COLUMN tenants")[0])
+        conn.execute("COMMENT ON COLUMN admin_users.role IS 'admin, editor, or viewer'")
+        conn.execute("ALTER TABLE tenants ALTER COLUMN enabled DROP NOT NULL")
+        conn.execute("DROP INDEX usage_by_model")
+    assert migrate.up(fresh_db) == AFTER_1
+
+
+def test_a_later_schema_without_its_version_is_refused_and_force_works(
+    fresh_db: str,
+) -> None:
+    assert migrate.up(fresh_db) == ALL
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("DROP TABLE schema_migrations")
+    with pytest.raises(migrate.MigrationError) as caught:
+        migrate.up(fresh_db)
+    message = str(caught.value)
+    assert "table usage_daily_totals is not in it" in message
+    assert "tenantstore migrate force VERSION" in message
+    migrate.force(fresh_db, LATEST)  # the advice
+    assert migrate.up(fresh_db) == []
+    assert migrate.status(fresh_db).up_to_date
+
+
+# -- lock timeouts, retries and files outside a transaction -------------------------
+
+
+@contextmanager
+def table_locked(
+    url: str, table: str, mode: str = "ACCESS SHARE"
+) -> Iterator[psycopg.Connection[Any]]:
+    """Hold a lock on `table` (ACCESS SHARE: every ALTER conflicts with it)."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            sql.SQL("LOCK TABLE {} IN {} MODE").format(
+                sql.Identifier(table), sql.SQL(mode)
+            )
+        )
+        yield conn
+        conn.rollback()
+
+
+def test_a_lock_not_granted_is_retried_then_refused_clean(fresh_db: str) -> None:
+    assert migrate.up(fresh_db, 1) == [1]
+    with (
+        table_locked(fresh_db, "usage_records"),
+        pytest.raises(migrate.MigrationError) as caught,
+    ):
+        migrate.up(fresh_db, lock_timeout=0.05, lock_retries=2)
+    error = caught.value
+    assert (error.version, error.file) == (2, "002_contract.up.sql")
+    assert isinstance(error.__cause__, psycopg.errors.LockNotAvailable)
+    message = str(error)
+    assert "within lock_timeout (50ms) in 3 attempts" in message
+    assert "Nothing changed and nothing is marked dirty" in message
+    assert "still says 1, clean" in message
+    assert version_row(fresh_db) == [(1, False)]
+    # The advice: run it again once that transaction has ended.
+    assert migrate.up(fresh_db) == AFTER_1
+    with pytest.raises(InvalidInput, match="lock_timeout"):
+        migrate.up(fresh_db, lock_timeout=0)
+    with pytest.raises(InvalidInput, match="lock_retries"):
+        migrate.down(fresh_db, lock_retries=-1)
+
+
+def test_a_file_outside_a_transaction_that_gives_up_is_dirty_and_the_advice_works(
+    fresh_db: str,
+) -> None:
+    assert migrate.up(fresh_db, 3) == [1, 2, 3]
+    # CREATE INDEX CONCURRENTLY (004) needs SHARE UPDATE EXCLUSIVE.
+    with (
+        table_locked(fresh_db, "usage_records", "SHARE UPDATE EXCLUSIVE"),
+        pytest.raises(migrate.MigrationError) as caught,
+    ):
+        migrate.up(fresh_db, lock_timeout=0.05, lock_retries=1)
+    assert caught.value.file == "004_usage_request_index.up.sql"
+    message = str(caught.value)
+    assert "in 2 attempts" in message
+    assert "says 4, dirty" in message
+    assert "tenantstore migrate force 3" in message
+    assert version_row(fresh_db) == [(4, True)]
+    migrate.force(fresh_db, 3)  # the advice, once the lock is gone
+    assert migrate.up(fresh_db) == ALL[3:]
+
+
+def test_a_lock_granted_on_a_retry_lets_the_migration_finish(
+    fresh_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert migrate.up(fresh_db, 1) == [1]
+    caplog.set_level(logging.WARNING, logger="tenantstore.migrate")
+    with ThreadPoolExecutor(1) as pool, table_locked(fresh_db, "tenants"):
+        running = pool.submit(
+            migrate.up, fresh_db, lock_timeout=0.05, lock_retries=1000
+        )
+        wait_until(
+            lambda: any("retrying in" in r.message for r in caplog.records),
+            "the runner retries",
+        )
+        assert not running.done()
+    assert running.result(timeout=60) == AFTER_1
+
+
+def test_a_failed_concurrent_index_is_rebuilt_when_the_advice_is_followed(
+    fresh_db: str, tmp_path: Path
+) -> None:
+    write_migration(
+        tmp_path,
+        1,
+        "table",
+        "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (1), (2);",
+        "DROP TABLE t;",
+    )
+    write_migration(
+        tmp_path,
+        2,
+        "unique",
+        f"{migrate.NO_TRANSACTION_MARKER}\n"
+        "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS t_x ON t (x);\n",
+        f"{migrate.NO_TRANSACTION_MARKER}\nDROP INDEX CONCURRENTLY IF EXISTS t_x;\n",
+    )
+    with pytest.raises(migrate.MigrationError) as caught:
+        migrate.up(fresh_db, source=tmp_path)
+    message = str(caught.value)
+    assert isinstance(caught.value.__cause__, psycopg.errors.UniqueViolation)
+    assert "outside a transaction" in message
+    assert "tenantstore migrate force 1" in message
+    assert version_row(fresh_db) == [(2, True)]
+    valid = "SELECT indisvalid FROM pg_index WHERE indexrelid = 't_x'::regclass"
+    assert rows(fresh_db, valid) == [(False,)]  # what the failed build left
+
+    # The advice: fix the cause, force the version before, migrate again.
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("DELETE FROM t WHERE ctid = (SELECT max(ctid) FROM t WHERE x = 1)")
+    migrate.force(fresh_db, 1)
+    assert migrate.up(fresh_db, source=tmp_path) == [2]
+    assert rows(fresh_db, valid) == [(True,)]
+    assert migrate.down(fresh_db, source=tmp_path) == [2]
+    assert rows(fresh_db, "SELECT to_regclass('t_x')") == [(None,)]
+
+
+def test_not_null_is_proven_by_the_checks_without_a_scan(fresh_db: str) -> None:
+    """003 sets NOT NULL under ACCESS EXCLUSIVE: PostgreSQL must not scan for it."""
+    assert migrate.up(fresh_db, 2) == [1, 2]
+    notices: list[migrate.Notice] = []
+    debug = make_conninfo(fresh_db, options="-cclient_min_messages=debug1")
+    assert migrate.up(debug, 3, on_notice=notices.append) == [3]
+    messages = [n.message for n in notices]
+    proven = {
+        m.split('"')[1]
+        for m in messages
+        if "are sufficient to prove that it does not contain nulls" in m
+    }
+    assert proven == {
+        f"{table}.{column}"
+        for table, columns_ in (
+            ("tenants", ("budget_usd", "rate_limit_rpm", "allowed_models",
+                         "fallback_providers", "enabled", "created_at", "updated_at")),
+            ("usage_records", ("input_tokens", "output_tokens", "cost_usd", "cached",
+                               "latency_ms", "status", "created_at")),
+        )
+        for column in columns_
+    }  # fmt: skip
+    # Scans: one per VALIDATE CONSTRAINT (14 NOT NULL checks, the cost range; under
+    # SHARE UPDATE EXCLUSIVE, which blocks no writer), none for SET NOT NULL.
+    assert len([m for m in messages if m.startswith("verifying table")]) == 15

@@ -1,4 +1,4 @@
-"""The daily totals (migration 004) always equal the sum of the rows they stand for.
+"""The daily totals (migration 009) always equal the sum of the rows they stand for.
 
 `get_tenant_total_cost` reads a partial first day of rows plus one total per later
 UTC day; whatever writes usage_records (this library, raw SQL updates and deletes,
