@@ -29,3 +29,4 @@ DROP TRIGGER tenantstore_tenants_before_write ON tenants;
 DROP TRIGGER tenantstore_usage_before_write ON usage_records;
 DROP FUNCTION tenantstore_tenants_before_write();
 DROP FUNCTION tenantstore_usage_before_write();
+DROP FUNCTION tenantstore_text_list(text[]);

@@ -27,13 +27,27 @@
 -- under ACCESS EXCLUSIVE); the trigger and the CHECK below keep it what
 -- numeric(20,10) was: 10 places, below 10^10 in magnitude.
 
+-- A text[] as the contract reads it: NULL is empty, NULL elements go, and an array of
+-- more than one dimension (psql can store one; array_remove and array_position fail
+-- on it) is flattened in row-major order.
+CREATE FUNCTION tenantstore_text_list(items text[]) RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN items IS NULL THEN '{}'::text[]
+        WHEN array_ndims(items) > 1 THEN ARRAY(
+            SELECT item FROM unnest(items) WITH ORDINALITY AS u (item, n)
+             WHERE item IS NOT NULL ORDER BY n)
+        ELSE array_remove(items, NULL)
+    END
+$$;
+
 CREATE FUNCTION tenantstore_tenants_before_write() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     NEW.budget_usd := coalesce(NEW.budget_usd, 0);
     NEW.rate_limit_rpm := coalesce(NEW.rate_limit_rpm, 60);
-    NEW.allowed_models := array_remove(coalesce(NEW.allowed_models, '{}'), NULL);
-    NEW.fallback_providers := array_remove(coalesce(NEW.fallback_providers, '{}'), NULL);
+    NEW.allowed_models := tenantstore_text_list(NEW.allowed_models);
+    NEW.fallback_providers := tenantstore_text_list(NEW.fallback_providers);
     NEW.enabled := coalesce(NEW.enabled, false);
     IF TG_OP = 'INSERT' THEN
         NEW.created_at := coalesce(NEW.created_at, now());
@@ -74,6 +88,9 @@ BEGIN
         current_schema());
     EXECUTE format(
         'ALTER FUNCTION tenantstore_usage_before_write() SET search_path = pg_catalog, %I, pg_temp',
+        current_schema());
+    EXECUTE format(
+        'ALTER FUNCTION tenantstore_text_list(text[]) SET search_path = pg_catalog, %I, pg_temp',
         current_schema());
 END
 $$;

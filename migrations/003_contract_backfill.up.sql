@@ -40,8 +40,8 @@ BEGIN
         UPDATE tenants
            SET budget_usd = coalesce(budget_usd, 0),
                rate_limit_rpm = coalesce(rate_limit_rpm, 60),
-               allowed_models = array_remove(coalesce(allowed_models, '{}'), NULL),
-               fallback_providers = array_remove(coalesce(fallback_providers, '{}'), NULL),
+               allowed_models = tenantstore_text_list(allowed_models),
+               fallback_providers = tenantstore_text_list(fallback_providers),
                enabled = coalesce(enabled, false),
                created_at = coalesce(created_at, now()),
                -- A repaired row changed: 002's trigger moves updated_at forward,
@@ -49,9 +49,8 @@ BEGIN
                updated_at = coalesce(updated_at, created_at, now())
          WHERE id BETWEEN lo AND hi
            AND (budget_usd IS NULL OR rate_limit_rpm IS NULL
-                OR allowed_models IS NULL OR array_position(allowed_models, NULL) IS NOT NULL
-                OR fallback_providers IS NULL
-                OR array_position(fallback_providers, NULL) IS NOT NULL
+                OR allowed_models IS DISTINCT FROM tenantstore_text_list(allowed_models)
+                OR fallback_providers IS DISTINCT FROM tenantstore_text_list(fallback_providers)
                 OR enabled IS NULL OR created_at IS NULL OR updated_at IS NULL);
         GET DIAGNOSTICS fixed = ROW_COUNT;
         tenants_fixed := tenants_fixed + fixed;

@@ -89,8 +89,9 @@ ODD: dict[str, dict[str, Any]] = {
 READ_AS: dict[str, dict[str, Any]] = {
     "NULL model": {"allowed_models": ("gpt-4o",)},
     "NULL fallback": {"fallback_providers": ()},
-    # Not a list of text (only psql can store it; the Go service fails to read it).
-    "2-D models": {"allowed_models": ()},
+    # Only psql can store it (the Go service fails to read it): migration 002's
+    # trigger flattens it in row-major order as it is written.
+    "2-D models": {"allowed_models": ("a", "b", "c")},
 }
 
 
@@ -321,6 +322,28 @@ def test_nulls_read_as_the_column_defaults_and_null_enabled_is_disabled(
             assert repo.set_enabled(refused, True).enabled is True
             assert authenticates(repo, refused_key)
             assert raw_row(conn, refused) == before
+
+
+def test_migrating_flattens_a_multidimensional_array_written_before() -> None:
+    """003's backfill cleans what 002's trigger cleans on write: a psql-written 2-D
+    array (which array_remove and array_position refuse) does not stop the
+    migration, and reads back flattened, NULL elements dropped."""
+    api_key = generate_api_key()
+    with scratch_database() as url:
+        migrate.up(url, 1)
+        with psycopg.connect(url, autocommit=True) as conn:
+            tenant_id = go_insert(
+                conn,
+                api_key_hash=hash_api_key(api_key),
+                allowed_models=[["a", None], ["b", "c"]],
+                fallback_providers=[None, "openai"],
+            )
+        migrate.up(url)
+        with create_pool(url, min_size=1, max_size=1) as pool:
+            found = PostgresTenantRepository(pool).get_by_api_key(api_key)
+    assert found.id == tenant_id
+    assert found.allowed_models == ("a", "b", "c")
+    assert found.fallback_providers == ("openai",)
 
 
 # --- the CLI on such rows ----------------------------------------------------------
