@@ -34,10 +34,14 @@ _RESET: Final = struct.pack("ii", 1, 0)
 
 
 class TcpProxy:
-    """Forward 127.0.0.1:`port` to `target`; faults on demand (thread-safe)."""
+    """Forward 127.0.0.1:`port` to `target`; faults on demand (thread-safe).
 
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
+    `target` is a (host, port) pair, or the path of a unix socket (an embedded
+    server listens on one only).
+    """
+
+    def __init__(self, target: tuple[str, int] | str) -> None:
+        self.target = target
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.setblocking(False)
         self.port: int = self._listener.getsockname()[1]
@@ -144,14 +148,14 @@ class TcpProxy:
             client.close()
             return
         try:
-            upstream = socket.create_connection(self.target, timeout=5)
+            upstream = _connect(self.target)
         except OSError:
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
             client.close()
             return
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for sock in (client, upstream):
             sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._peers[client] = upstream
         self._peers[upstream] = client
         self.accepted += 1
@@ -208,19 +212,35 @@ class TcpProxy:
         return make_conninfo("", **params)
 
 
-def server_address(url: str) -> tuple[str, int]:
-    """The TCP host and port of the server `url` names (for `TcpProxy`)."""
+def server_address(url: str) -> tuple[str, int] | str:
+    """Where the server `url` names listens: (host, port), or a unix socket path."""
     params = conninfo_to_dict(url)
     host = str(params.get("host") or "127.0.0.1")
+    port = int(params.get("port") or 5432)
     if host.startswith("/"):
-        raise ValueError("the server is on a unix socket: a TCP proxy cannot sit there")
-    return host, int(params.get("port") or 5432)
+        return f"{host}/.s.PGSQL.{port}"
+    return host, port
+
+
+def _connect(target: tuple[str, int] | str) -> socket.socket:
+    if isinstance(target, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(5)
+        try:
+            sock.connect(target)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    sock = socket.create_connection(target, timeout=5)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 @contextmanager
 def tcp_proxy(url: str) -> Iterator[TcpProxy]:
     """A running `TcpProxy` to the server of `url`, closed afterwards."""
-    proxy = TcpProxy(*server_address(url))
+    proxy = TcpProxy(server_address(url))
     try:
         yield proxy
     finally:
