@@ -31,6 +31,7 @@ from tenantstore import (
     AsyncInMemoryTenantRepository,
     CachedTenantRepository,
     CacheStats,
+    DatabaseUnreachable,
     InMemoryTenantRepository,
     InvalidInput,
     StoreUnavailable,
@@ -68,14 +69,16 @@ def tenant(n: int = 0, key: str = KEYS[0], **changes: Any) -> Tenant:
 
 class Inner:
     """An in-memory repository that counts key lookups, and on demand holds the
-    next one open after it has read the store (`hold()`) or fails them all
-    (`down`)."""
+    next one open after it has read the store (`hold()`) or fails them all:
+    `down`, as an unreachable database does (`DatabaseUnreachable`), or `busy`, as
+    a reachable but overloaded one does (a plain `StoreUnavailable`)."""
 
     def __init__(self, clock: FakeClock | None = None) -> None:
         self.real = InMemoryTenantRepository(clock=clock)
         self.lookups = 0
         self.waiting = 0
         self.down = False
+        self.busy = False
         self._holds: builtins.list[threading.Event] = []
         self._lock = threading.Lock()
 
@@ -92,7 +95,9 @@ class Inner:
             hold = self._holds.pop(0) if self._holds else None
         try:
             if self.down:
-                raise StoreUnavailable("the database is unavailable (test)")
+                raise DatabaseUnreachable("the database is out of reach (test)")
+            if self.busy:
+                raise StoreUnavailable("the pool is exhausted (test)")
             return self.real.get_by_api_key_hash(api_key_hash)
         finally:
             if hold is not None:
@@ -131,6 +136,7 @@ class AsyncInner:
         self.waiting = 0
         self.cancelled = 0
         self.down = False
+        self.busy = False
         self._holds: builtins.list[asyncio.Event] = []
 
     def hold(self) -> asyncio.Event:
@@ -143,7 +149,9 @@ class AsyncInner:
         hold = self._holds.pop(0) if self._holds else None
         try:
             if self.down:
-                raise StoreUnavailable("the database is unavailable (test)")
+                raise DatabaseUnreachable("the database is out of reach (test)")
+            if self.busy:
+                raise StoreUnavailable("the pool is exhausted (test)")
             return await self.real.get_by_api_key_hash(api_key_hash)
         finally:
             if hold is not None:

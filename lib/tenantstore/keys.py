@@ -68,20 +68,25 @@ def hash_api_key(api_key: str) -> str:
     """SHA-256 of the key's UTF-8 bytes, as 64 lowercase hex digits.
 
     This is what the stores index and what lookups compare. Raises `InvalidInput`
-    for a non-str or a str that is not valid Unicode (lone surrogates).
+    for a non-str or a str that is not valid Unicode (lone surrogates). A `str`
+    subclass hashes as the equal `str` (its own methods are not consulted).
     """
     if not isinstance(api_key, str):
         raise InvalidInput("api_key", f"must be a str, not {type(api_key).__name__}")
-    return _sha256(utf8("api_key", api_key)).hexdigest()
+    return _sha256(utf8("api_key", str.__str__(api_key))).hexdigest()
 
 
 def is_plausible_api_key(api_key: object) -> bool:
     """False only for what cannot be any tenant's key; costs no hash.
 
     A key with our prefix must have our length, alphabet and checksum. Any other
-    non-empty str may be a key of another format and is plausible.
+    non-empty str may be a key of another format and is plausible. A `str`
+    subclass is judged by its characters, as the equal `str` would be.
     """
-    if type(api_key) is not str or not api_key:
+    if not isinstance(api_key, str):
+        return False
+    api_key = str.__str__(api_key)  # the characters, whatever the subclass says
+    if not api_key:
         return False
     if not api_key.startswith(KEY_PREFIX):
         return True
@@ -100,7 +105,7 @@ def lookup_hash(api_key: object) -> str | None:
         return None
     assert isinstance(api_key, str)
     try:
-        data = api_key.encode("utf-8")
+        data = str.encode(api_key, "utf-8")  # str's own: a subclass by its characters
     except UnicodeEncodeError:
         return None
     return _sha256(data).hexdigest()
