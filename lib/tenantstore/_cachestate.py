@@ -188,6 +188,11 @@ class CacheState(Generic[F]):
         # listening: while any is not, nothing is stored or kept fresh.
         self._listeners = 0
         self._suspended = 0
+        # While a revalidation runs: when its snapshot was taken, and the entries
+        # that fills begun after it stored (expired, as the state is suspended).
+        # They read the store after LISTEN, so `resume` may make them fresh.
+        self._snapshot_at: float | None = None
+        self._meanwhile: dict[str, Entry] = {}
         # An entry stays booked past its freshness for as long as it may be
         # served stale. Books are replaced, never cleared: clearing a cachetools
         # cache item by item (as some versions do) would count evictions.
@@ -263,8 +268,10 @@ class CacheState(Generic[F]):
             # usable only by stale_if_error, never as a hit.
             fresh_until = fill.started if self._suspended else fill.started + self.ttl
             self._book[key] = tenant  # may expire or evict others: before the dict
-            self.entries[key] = (tenant, fresh_until)
+            self.entries[key] = entry = (tenant, fresh_until)
             self._ids[tenant.id] = key
+            if self._snapshot_at is not None and fill.started >= self._snapshot_at:
+                self._meanwhile[key] = entry
 
     def finish_missing(self, fill: Fill[F]) -> None:
         """Record that `fill.key` belongs to no enabled tenant."""
@@ -366,6 +373,8 @@ class CacheState(Generic[F]):
         and store nothing fresh until `resume`, since changes now go unnoticed."""
         with self.lock:
             self._suspended += 1
+            self._snapshot_at = None
+            self._meanwhile.clear()
             self._expire_all()
 
     def revalidation(self) -> Revalidation:
@@ -377,7 +386,9 @@ class CacheState(Generic[F]):
         """
         with self.lock:
             self._kill_fills()
-            return Revalidation(dict(self.entries), self.now())
+            self._snapshot_at = now = self.now()
+            self._meanwhile.clear()
+            return Revalidation(dict(self.entries), now)
 
     def resume(
         self,
@@ -390,10 +401,14 @@ class CacheState(Generic[F]):
         enabled or not): an entry still exactly as snapshotted is fresh again for
         `ttl` from the snapshot if its tenant is unchanged and enabled, and dropped
         (never served stale) otherwise; an entry replaced or dropped since the
-        snapshot is left as it is. Without one, entries stay expired.
+        snapshot is left as it is, unless a fill begun after the snapshot stored it
+        (that fill read the store after LISTEN): then it is fresh for `ttl` from
+        that fill's start. Without a revalidation, entries stay expired.
         """
         with self.lock:
             self._suspended = max(0, self._suspended - 1)
+            meanwhile, self._meanwhile = self._meanwhile, {}
+            self._snapshot_at = None
             if revalidation is None:
                 return 0
             rows = rows or {}
@@ -414,6 +429,10 @@ class CacheState(Generic[F]):
                     self._book[key] = tenant  # may expire or evict: before the dict
                     if key in entries:
                         entries[key] = (tenant, fresh)
+            if fresh is not None:
+                for key, entry in meanwhile.items():
+                    if entries.get(key) is entry:
+                        entries[key] = (entry[0], entry[1] + self.ttl)
             return dropped
 
     def clear(self) -> None:
@@ -461,10 +480,13 @@ class CacheState(Generic[F]):
         self._negative_book = self._new_negative_book()
         self._suspended = 1 if self._listeners else 0
         self._listeners = 0
+        self._snapshot_at = None
+        self._meanwhile.clear()
 
     def _expire_all(self) -> None:
         self.invalidations += 1
         self._kill_fills()
+        self._meanwhile.clear()
         now = self.now()
         entries = self.entries
         for key, (tenant, fresh_until) in list(entries.items()):
