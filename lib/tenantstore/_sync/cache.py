@@ -14,14 +14,15 @@ import builtins
 import hashlib
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Final
 
 from .._acompat import Flight
 from .._cachestate import CacheState, CacheStats, Fill
 from ..clock import Clock, SystemClock
 from ..errors import DatabaseUnreachable, InvalidInput, TenantNotFound
-from ..keys import is_plausible_api_key
+from ..keys import is_plausible_api_key, is_tagged_api_key, key_secrets
 from ..models import Tenant
 from ..validation import is_key_hash
 from .protocols import TenantRepository
@@ -64,8 +65,15 @@ class CachedTenantRepository:
     seconds; a key no enabled tenant owns is remembered for `negative_ttl` seconds
     in a separate cache of `negative_maxsize` entries, so a flood of guessed keys
     cannot evict real tenants (`maxsize` entries). A key in our format whose
-    checksum fails is rejected without a query or a slot. Concurrent misses for one
-    key make one inner lookup; the others wait for its result or its error.
+    checksum fails (a typo) is rejected without a query or a slot; a forged one
+    passes (the checksum is public) and costs one query, then a negative slot. With
+    `key_secret` (the secret, or several while it rotates, given to
+    `generate_api_key(secret=...)`), `get_by_api_key` asks the store only for keys
+    that secret tagged: any other key (forged, untagged, another format) is
+    rejected without a query, so set it once every key in use carries the tag
+    (`get_by_api_key_hash` cannot be checked: a hash carries no tag). Concurrent
+    misses for one key make one inner lookup; the others wait for its result or
+    its error.
 
     Guarantees:
 
@@ -107,9 +115,16 @@ class CachedTenantRepository:
         maxsize: int = 100_000,
         negative_maxsize: int = 10_000,
         stale_if_error: float = 0.0,
+        key_secret: bytes | Sequence[bytes] | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.inner = inner
+        # What a presented key must pass before the store is asked.
+        self._plausible: Callable[[object], bool] = (
+            is_plausible_api_key
+            if key_secret is None
+            else partial(is_tagged_api_key, ring=key_secrets(key_secret))
+        )
         # The hit path calls this on every lookup: the system clock's method would
         # add a Python frame, time.monotonic is a C function.
         self._now = (
@@ -167,13 +182,13 @@ class CachedTenantRepository:
         if key is None:
             state.rejected += 1
             raise _not_found()
-        # A remembered miss answers before the checksum: only keys that passed it
-        # are ever remembered, and the hash is already at hand.
+        # A remembered miss answers before the checksum (or tag): only keys that
+        # passed it are ever remembered, and the hash is already at hand.
         fresh_until = state.negatives.get(key)
         if fresh_until is not None and fresh_until > self._now():
             state.negative_hits += 1
             raise _not_found()
-        if api_key is not None and not is_plausible_api_key(str.__str__(api_key)):
+        if api_key is not None and not self._plausible(str.__str__(api_key)):
             state.rejected += 1
             raise _not_found()
         joined = state.join(key, self._new_flight)
