@@ -57,7 +57,7 @@ class CacheStats:
     `misses` (asked the inner store, or joined a caller already asking). `fills`
     counts inner lookups, so `misses - fills` callers were spared one by single
     flight. `invalidations` counts `invalidate()`, `expire_all()` and `clear()` calls
-    (writes through the cache, notifications, listener drops and reconnects);
+    (writes through the cache, notifications, listener drops);
     `stale_serves` the
     answers given from an expired entry while the store was unavailable;
     `evictions` the entries dropped to make room (`maxsize` too small, or a flood
