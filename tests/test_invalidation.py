@@ -411,6 +411,9 @@ def test_listener_lifecycle(clean_db: str) -> None:
         listener.start()
     with pytest.raises(ValueError, match="reconnect_backoff"):
         TenantCacheListener(clean_db, cache, reconnect_backoff=(0, 1))
+    for heartbeat in ((0, 1), (1, float("inf")), (-1, 1)):
+        with pytest.raises(ValueError, match="heartbeat"):
+            TenantCacheListener(clean_db, cache, heartbeat=heartbeat)
     with TenantCacheListener(clean_db, cache) as running:
         assert running.wait_connected(DEADLINE)
         assert running.backend_pid is not None
@@ -686,3 +689,46 @@ def test_a_reconnect_confirms_what_is_cached_with_one_query(
         assert found(one.cache, keys[0]) is None
         assert one.cache.get_by_api_key(keys[1]).rate_limit_rpm == 7
         assert found(one.cache, keys[2]) is None
+
+
+def test_async_listener_behind_a_frozen_path(
+    clean_db: str, apool: AsyncConnectionPool, runner: asyncio.Runner
+) -> None:
+    key = generate_api_key()
+
+    async def refused_soon(cache: AsyncCachedTenantRepository) -> bool:
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            if not await async_found(cache, key):
+                return True
+            await asyncio.sleep(0.001)
+        return False
+
+    async def test() -> None:
+        cache = AsyncCachedTenantRepository(
+            AsyncPostgresTenantRepository(apool), ttl=300
+        )
+        with tcp_proxy(clean_db) as proxy:
+            async with AsyncTenantCacheListener(
+                proxy.url(clean_db),
+                cache,
+                reconnect_backoff=(0.01, 0.1),
+                heartbeat=(0.2, 1.0),
+            ) as listener:
+                assert await listener.wait_connected(DEADLINE)
+                created = await cache.inner.create(
+                    Tenant(name="acme", api_key_hash=hash_api_key(key))
+                )
+                deadline = time.monotonic() + DEADLINE
+                while cache.stats().hits == 0 and time.monotonic() < deadline:
+                    await cache.get_by_api_key(key)
+                    await asyncio.sleep(0.001)
+                assert cache.stats().hits > 0
+                proxy.freeze()
+                set_enabled(clean_db, created.id, False)
+                assert await refused_soon(cache)
+                assert listener.heartbeats_missed >= 1
+                proxy.passthrough()
+                assert await listener.wait_connected(DEADLINE)
+
+    runner.run(test())
