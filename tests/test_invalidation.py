@@ -732,3 +732,33 @@ def test_async_listener_behind_a_frozen_path(
                 assert await listener.wait_connected(DEADLINE)
 
     runner.run(test())
+
+
+def test_a_revalidation_that_hangs_is_cut_and_retried(clean_db: str) -> None:
+    # A lock holds the revalidation query (as a frozen path or a hung backend
+    # would hold its answer): the listener must not wait for it for ever, its
+    # caches suspended; it cuts the session and tries again.
+    key = generate_api_key()
+    stuck = (
+        "SELECT pid FROM pg_stat_activity WHERE application_name ="
+        " 'tenantstore-listener' AND wait_event_type = 'Lock'"
+    )
+    with stack(clean_db) as one:
+        new_tenant(one.repo, key)
+        warm(one.cache, key)
+        seen: set[int] = set()
+
+        def two_stuck_sessions() -> bool:
+            with psycopg.connect(clean_db, autocommit=True) as conn:
+                seen.update(pid for (pid,) in conn.execute(stuck).fetchall())
+            return len(seen) >= 2
+
+        with psycopg.connect(clean_db) as locker:
+            locker.execute("LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE")
+            sql_exec(
+                clean_db, "SELECT pg_terminate_backend(%s)", one.listener.backend_pid
+            )
+            wait_until(two_stuck_sessions, "a stuck revalidation is retried")
+            assert not one.listener.connected
+        assert one.listener.wait_connected(DEADLINE)
+        assert one.cache.get_by_api_key(key).name == "acme"

@@ -22,8 +22,8 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Sequence
-from contextlib import aclosing
+from collections.abc import Iterator, Sequence
+from contextlib import aclosing, contextmanager
 from types import TracebackType
 from typing import Any, Final
 
@@ -66,6 +66,12 @@ _CONNECTION_DEFAULTS: Final = {
 # come back within `deadline` seconds, else the listener is lost.
 HEARTBEAT: Final = (1.0, 2.0)
 PING_CHANNEL: Final = "tenantstore_ping_"
+# LISTEN and the revalidation query wait on the socket with no deadline of their
+# own (libpq's), so a path that freezes while they run would hang the listener,
+# its caches suspended for good. Past this many heartbeat deadlines (10 s by
+# default: room for a revalidation of every entry under load) the connection is
+# shut down and the listener reconnects.
+_STATEMENT_DEADLINES: Final = 5
 
 
 class ListenerLost(Exception):
@@ -249,6 +255,7 @@ class AsyncTenantCacheListener:
         )
         self._backoff = (float(low), float(high))
         self._heartbeat = (float(interval), float(deadline))
+        self._statement_deadline = _STATEMENT_DEADLINES * float(deadline)
         self._stop = AEvent()
         self._connected = AEvent()
         # Guards `_conn` against `close()` waking it from another thread.
@@ -366,7 +373,8 @@ class AsyncTenantCacheListener:
             if self._stop.is_set():
                 return
             pinger = await AsyncConnection.connect(self._conninfo, autocommit=True)
-            await conn.execute(self._listen)
+            with self._watchdog():
+                await conn.execute(self._listen)
             beat = _Heartbeat(pinger.pgconn, self._ping_channel, *self._heartbeat)
             now = time.monotonic
             beat.tick(now())
@@ -411,8 +419,10 @@ class AsyncTenantCacheListener:
         hashes = sorted({key for r in revalidations for key in r.entries})
         rows: dict[str, Tenant] = {}
         if hashes:
-            cur = await conn.execute(_sql.SELECT_BY_HASHES, {"hashes": hashes})
-            for row in await cur.fetchall():
+            with self._watchdog():
+                cur = await conn.execute(_sql.SELECT_BY_HASHES, {"hashes": hashes})
+                found = await cur.fetchall()
+            for row in found:
                 tenant = tenant_from_row(row)
                 rows[tenant.api_key_hash] = tenant
         self.revalidations += 1
@@ -451,6 +461,19 @@ class AsyncTenantCacheListener:
             else:
                 state.invalidate(*change)
         self.notifications += 1
+
+    @contextmanager
+    def _watchdog(self) -> Iterator[None]:
+        """Shut the connection down (`_wake`) if the statement run inside is not
+        done within the statement deadline: it then fails, and the listener
+        reconnects. A timer thread, so that it works alike for both twins."""
+        timer = threading.Timer(self._statement_deadline, self._wake)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
 
     def _wake(self) -> None:
         # Interrupt the worker's wait on its connection from another thread: shut
