@@ -206,7 +206,8 @@ class TenantCacheListener:
     lookups go to the database, and only `stale_if_error` may serve an entry while
     it is out of reach. Once it listens again it revalidates what its caches hold
     with one query on its own connection: entries whose tenant is unchanged and
-    enabled are fresh again, the rest are dropped. It reconnects with exponential
+    enabled are fresh again, the rest are dropped (LISTEN and that query are cut
+    after five heartbeat deadlines, 10 s by default). It reconnects with exponential
     backoff (jittered, from `reconnect_backoff[0]` to `reconnect_backoff[1]`
     seconds). After `close()` the caches fall back to their TTL.
 
