@@ -56,7 +56,7 @@ from tenantstore import (
 from tests.fix_backends import FakeClock
 from tests.pgserver import scratch_database
 from tests.polling import DEADLINE, async_wait_until, wait_until
-from tests.tcpproxy import server_address, tcp_proxy
+from tests.tcpproxy import tcp_proxy
 
 
 def sql_exec(url: str, statement: str, *params: Any) -> None:
@@ -585,52 +585,55 @@ def bouncer(clean_db: str) -> Iterator[str]:
     if not os.path.exists(exe):
         pytest.skip("pgbouncer is not installed")
     params = conninfo_to_dict(clean_db)
-    server = server_address(clean_db)
-    host, port = (server, "5432") if isinstance(server, str) else map(str, server)
-    if isinstance(server, str):
-        port = str(params.get("port") or 5432)
     user = str(params.get("user") or os.environ.get("USER", "postgres"))
     listen = _free_port()
     work = Path(tempfile.mkdtemp(prefix="tenantstore-bouncer-"))
-    (work / "users.txt").write_text(f'"{user}" ""\n')
-    (work / "pgbouncer.ini").write_text(
-        "[databases]\n"
-        f"* = host={host} port={port}\n"
-        "[pgbouncer]\n"
-        f"listen_addr = 127.0.0.1\nlisten_port = {listen}\nunix_socket_dir =\n"
-        f"auth_type = trust\nauth_file = {work / 'users.txt'}\n"
-        "pool_mode = transaction\nignore_startup_parameters = extra_float_digits\n"
-        f"logfile = {work / 'pgbouncer.log'}\n"
-    )
-    command = [exe, str(work / "pgbouncer.ini")]
-    if os.geteuid() == 0:  # it refuses to run as root
-        shutil.chown(work, "postgres")
-        for child in work.iterdir():
-            shutil.chown(child, "postgres")
-        command[1:1] = ["-u", "postgres"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    params.update(host="127.0.0.1", port=str(listen))
-    params.pop("hostaddr", None)
-    url = make_conninfo("", **params)
+    # PgBouncer runs as another user, which may not reach the server's socket
+    # directory: it reaches the server through a TCP proxy of this process.
+    with tcp_proxy(clean_db) as proxy:
+        (work / "users.txt").write_text(f'"{user}" ""\n')
+        (work / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host=127.0.0.1 port={proxy.port}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {listen}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {work / 'users.txt'}\n"
+            "pool_mode = transaction\n"
+            "ignore_startup_parameters = extra_float_digits\n"
+            f"logfile = {work / 'pgbouncer.log'}\n"
+        )
+        command = [exe, str(work / "pgbouncer.ini")]
+        if os.geteuid() == 0:  # it refuses to run as root
+            shutil.chown(work, "postgres")
+            for child in work.iterdir():
+                shutil.chown(child, "postgres")
+            command[1:1] = ["-u", "postgres"]
+        proc = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        url = proxy.url(clean_db)
+        params = conninfo_to_dict(url)
+        params["port"] = str(listen)
+        url = make_conninfo("", **params)
 
-    def up() -> bool:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        def up() -> bool:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                with psycopg.connect(url, autocommit=True, connect_timeout=2) as c:
+                    c.execute("SELECT 1")
+            except psycopg.OperationalError:
+                return False
+            return True
+
         try:
-            with psycopg.connect(url, autocommit=True, connect_timeout=2) as conn:
-                conn.execute("SELECT 1")
-        except psycopg.OperationalError:
-            return False
-        return True
-
-    try:
-        wait_until(up, "pgbouncer accepts connections")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stderr is not None:
-            proc.stderr.close()
-        shutil.rmtree(work, ignore_errors=True)
+            wait_until(up, "pgbouncer accepts connections")
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            if proc.stderr is not None:
+                proc.stderr.close()
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def test_a_transaction_pooler_that_drops_the_listen_is_detected(
