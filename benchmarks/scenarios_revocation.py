@@ -22,12 +22,32 @@ by default): a constant, not measured.
 
 cpu/op here is this process's CPU time over the sample, all threads (the writer's
 and the listener's), not the calling thread's alone.
+
+`revocation-frozen` is the bound when notifications cannot arrive: the listener's
+path runs through a TCP proxy (tests/tcpproxy.py) that is frozen before the raw
+UPDATE is committed, so only the heartbeat (defaults: a ping every 1 s, 2 s to come
+back) can tell. A sample is the time from sending the UPDATE (it commits at once:
+the writer's path is not frozen) until a lookup through the cache — polled every
+millisecond, as requests would — refuses the key; then, untimed, the path is healed,
+the listener listens again and the key is served from memory again. The reference
+is the same stack and the same polling with the path left open (delivery by
+notification).
+
+`reconnect-cost` counts what a listener reconnect costs the store under load: N
+cached tenants, every key looked up in a loop, the listener's backend terminated
+(`pg_terminate_backend`). A sample runs from the termination until a whole pass
+over the keys is served from memory again; the figures of interest are in the
+notes: store queries per reconnect, measured once per variant before timing (the
+fills the loop made, plus the listener's revalidation query). "before" is the
+same stack doing what the listener did until now on reconnect: expire everything
+(`expire_all`), so that every key is filled again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +56,7 @@ from unittest import mock
 
 import psycopg
 
+from benchmarks.data import make_tenants
 from benchmarks.measure import CheckFailed, Sampled, Series, Variant
 from benchmarks.scenario import Context, Scenario, export
 from tenantstore import (
@@ -48,6 +69,7 @@ from tenantstore import (
     migrate,
 )
 from tests.pgserver import scratch_database
+from tests.tcpproxy import TcpProxy, tcp_proxy
 
 __all__ = ["SCENARIOS"]
 
@@ -215,12 +237,205 @@ def revocation(ctx: Context) -> Iterator[list[Variant]]:
         yield [ours, floor]
 
 
+POLL = 0.001  # seconds between lookups while waiting for a refusal
+HEARTBEAT_INTERVAL = 1.0  # the listener's default (`heartbeat[0]`)
+RECONNECT_TENANTS = 1_000
+
+
+def _refused(cache: Any, key: str) -> bool:
+    try:
+        cache.get_by_api_key(key)
+    except TenantNotFound:
+        return True
+    return False
+
+
+def _wait(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 3 * DEADLINE
+    while not condition():
+        if time.monotonic() > deadline:
+            raise CheckFailed(f"timed out waiting until {what}")
+        time.sleep(POLL)
+
+
+def _frozen_variant(stack: contextlib.ExitStack, url: str, *, frozen: bool) -> Variant:
+    """Disable by raw SQL, poll the cache until it refuses; `frozen`: with the
+    listener's path frozen first."""
+    key = generate_api_key()
+    proxy: TcpProxy = stack.enter_context(tcp_proxy(url))
+    pool = stack.enter_context(create_pool(url, min_size=1, max_size=2))
+    repo = PostgresTenantRepository(pool)
+    tenant = repo.create(Tenant(name="frozen", api_key_hash=hash_api_key(key)))
+    cache = export("CachedTenantRepository")(repo, ttl=86_400.0)
+    listener = stack.enter_context(export("TenantCacheListener")(proxy.url(url), cache))
+    send = _sender(stack, url)
+    clock, cpu_clock = time.perf_counter, time.process_time
+
+    def warm() -> None:
+        proxy.passthrough()
+        _wait(lambda: listener.connected, "the listener listens")
+        send(tenant.id, True)
+        hits = cache.stats().hits
+        _wait(
+            lambda: not _refused(cache, key) and cache.stats().hits > hits,
+            "the key is served from memory",
+        )
+
+    phase = random.Random(7)
+
+    def series(n: int) -> Sampled:
+        times, cpu = [0.0] * n, [0.0] * n
+        for i in range(n):
+            warm()
+            # Freeze at any point of the heartbeat's cycle, not just after a ping.
+            time.sleep(phase.uniform(0.0, HEARTBEAT_INTERVAL))
+            if frozen:
+                proxy.freeze()
+            c0 = cpu_clock()
+            t0 = clock()
+            send(tenant.id, False)
+            while not _refused(cache, key):
+                if clock() - t0 > 3 * DEADLINE:
+                    raise CheckFailed("a disabled tenant kept authenticating")
+                time.sleep(POLL)
+            times[i] = clock() - t0
+            cpu[i] = cpu_clock() - c0
+        return Sampled(times, cpu, n)
+
+    if frozen:
+        return Variant(
+            "listener path frozen: UPDATE sent → key refused",
+            "ours",
+            series,
+            note="detected by the heartbeat (ping every 1 s, 2 s to come back)",
+        )
+    return Variant(
+        "listener path open: UPDATE sent → key refused",
+        "reference",
+        series,
+        note="delivered by notification; the same polling",
+    )
+
+
+@contextlib.contextmanager
+def revocation_frozen(ctx: Context) -> Iterator[list[Variant]]:
+    with contextlib.ExitStack() as stack:
+        ours = _frozen_variant(stack, _database(stack, "frozen_ours"), frozen=True)
+        ref = _frozen_variant(stack, _database(stack, "frozen_ref"), frozen=False)
+        yield [ours, ref]
+
+
+def _reconnect_variant(
+    stack: contextlib.ExitStack, url: str, n: int, *, expire: bool
+) -> Variant:
+    made = make_tenants(n, "reconnect" + ("-before" if expire else ""))
+    pool = stack.enter_context(create_pool(url, min_size=1, max_size=4))
+    repo = PostgresTenantRepository(pool)
+    for t in made.tenants:
+        repo.create(t)
+    keys = made.keys
+    cache = export("CachedTenantRepository")(repo, ttl=86_400.0, maxsize=2 * n)
+    listener = stack.enter_context(
+        export("TenantCacheListener")(url, cache, reconnect_backoff=(0.05, 1.0))
+    )
+    killer = stack.enter_context(psycopg.connect(url, autocommit=True))
+    clock, cpu_clock = time.perf_counter, time.process_time
+    get = cache.get_by_api_key
+
+    def full_pass() -> int:
+        """Look every key up once; how many store queries that cost."""
+        fills = cache.stats().fills
+        for key in keys:
+            get(key)
+        return int(cache.stats().fills - fills)
+
+    _wait(lambda: listener.connected, "the listener listens")
+    while full_pass():
+        pass
+
+    def reconnect() -> tuple[int, int]:
+        """Terminate the listener's backend under the loop, until warm again:
+        (store queries, of which after the listener listened again)."""
+        fills, queries = cache.stats().fills, listener.revalidations
+        reconnects = listener.reconnects
+        killer.execute("SELECT pg_terminate_backend(%s)", (listener.backend_pid,))
+        while not (listener.reconnects > reconnects and listener.connected):
+            full_pass()
+        if expire:
+            cache.expire_all()  # what a reconnect did before revalidation
+        after = full_pass()
+        while full_pass():
+            pass
+        total = int(cache.stats().fills - fills)
+        if not expire:
+            total += listener.revalidations - queries
+        if after != (n if expire else 0):
+            raise CheckFailed(f"{after} of {n} keys filled after the reconnect")
+        return total, after
+
+    total, after = reconnect()
+    window = total - after - (0 if expire else 1)
+
+    def series(m: int) -> Sampled:
+        times, cpu = [0.0] * m, [0.0] * m
+        for i in range(m):
+            c0 = cpu_clock()
+            t0 = clock()
+            reconnect()
+            times[i] = clock() - t0
+            cpu[i] = cpu_clock() - c0
+        return Sampled(times, cpu, m)
+
+    # The counts go in the label: the table shows labels, not notes.
+    if expire:
+        return Variant(
+            f"before, expire all: {total} queries ({window} down + {after})",
+            "reference",
+            series,
+            note=f"{total} store queries: {window} while down + {after} refills",
+        )
+    return Variant(
+        f"revalidate: {total} queries ({window} down + 1)",
+        "ours",
+        series,
+        note=f"{total} store queries: {window} while down + 1 revalidation + 0 refills",
+    )
+
+
+@contextlib.contextmanager
+def reconnect_cost(ctx: Context) -> Iterator[list[Variant]]:
+    n = min(RECONNECT_TENANTS, ctx.sizes.tenants)
+    with contextlib.ExitStack() as stack:
+        ours = _reconnect_variant(
+            stack, _database(stack, "reconnect_ours"), n, expire=False
+        )
+        before = _reconnect_variant(
+            stack, _database(stack, "reconnect_before"), n, expire=True
+        )
+        yield [ours, before]
+
+
 SCENARIOS = (
     Scenario(
         "revocation",
         "raw UPDATE sent → entry gone in another process's cache, through "
         "TenantCacheListener (no listener: ttl, 30 s by default, not measured)",
         revocation,
+        requires=("CachedTenantRepository", "TenantCacheListener"),
+    ),
+    Scenario(
+        "revocation-frozen",
+        "raw UPDATE sent → key refused in another process's cache while its "
+        "listener's path is frozen (the heartbeat bound)",
+        revocation_frozen,
+        requires=("CachedTenantRepository", "TenantCacheListener"),
+        quick=False,
+    ),
+    Scenario(
+        "reconnect-cost",
+        "listener reconnect under a lookup loop over 1,000 cached tenants (fewer "
+        "in --tiny): backend terminated → every key served from memory again",
+        reconnect_cost,
         requires=("CachedTenantRepository", "TenantCacheListener"),
     ),
 )

@@ -31,6 +31,7 @@ from tenantstore import (
     AsyncInMemoryTenantRepository,
     CachedTenantRepository,
     CacheStats,
+    DatabaseUnreachable,
     InMemoryTenantRepository,
     InvalidInput,
     StoreUnavailable,
@@ -39,7 +40,7 @@ from tenantstore import (
     generate_api_key,
     hash_api_key,
 )
-from tenantstore._cachestate import parse_notification
+from tenantstore._cachestate import NOTHING, parse_notification
 from tenantstore.keys import KEY_PREFIX
 from tests.fix_backends import FakeClock
 from tests.polling import async_wait_until, wait_until
@@ -68,14 +69,16 @@ def tenant(n: int = 0, key: str = KEYS[0], **changes: Any) -> Tenant:
 
 class Inner:
     """An in-memory repository that counts key lookups, and on demand holds the
-    next one open after it has read the store (`hold()`) or fails them all
-    (`down`)."""
+    next one open after it has read the store (`hold()`) or fails them all:
+    `down`, as an unreachable database does (`DatabaseUnreachable`), or `busy`, as
+    a reachable but overloaded one does (a plain `StoreUnavailable`)."""
 
     def __init__(self, clock: FakeClock | None = None) -> None:
         self.real = InMemoryTenantRepository(clock=clock)
         self.lookups = 0
         self.waiting = 0
         self.down = False
+        self.busy = False
         self._holds: builtins.list[threading.Event] = []
         self._lock = threading.Lock()
 
@@ -92,7 +95,9 @@ class Inner:
             hold = self._holds.pop(0) if self._holds else None
         try:
             if self.down:
-                raise StoreUnavailable("the database is unavailable (test)")
+                raise DatabaseUnreachable("the database is out of reach (test)")
+            if self.busy:
+                raise StoreUnavailable("the pool is exhausted (test)")
             return self.real.get_by_api_key_hash(api_key_hash)
         finally:
             if hold is not None:
@@ -134,6 +139,7 @@ class AsyncInner:
         self.waiting = 0
         self.cancelled = 0
         self.down = False
+        self.busy = False
         self._holds: builtins.list[asyncio.Event] = []
 
     def hold(self) -> asyncio.Event:
@@ -146,7 +152,9 @@ class AsyncInner:
         hold = self._holds.pop(0) if self._holds else None
         try:
             if self.down:
-                raise StoreUnavailable("the database is unavailable (test)")
+                raise DatabaseUnreachable("the database is out of reach (test)")
+            if self.busy:
+                raise StoreUnavailable("the pool is exhausted (test)")
             return await self.real.get_by_api_key_hash(api_key_hash)
         finally:
             if hold is not None:
@@ -1036,3 +1044,148 @@ def test_while_suspended_nothing_is_served_as_fresh() -> None:
     cache.get_by_api_key(KEYS[0])
     cache.get_by_api_key(KEYS[0])
     assert inner.lookups == 4
+
+
+def test_a_heartbeat_payload_changes_nothing() -> None:
+    assert parse_notification('{"op": "PING", "n": 7}') is NOTHING
+
+
+# -- stale_if_error: only while the database is out of reach --------------------
+
+
+def test_a_busy_store_is_never_answered_stale() -> None:
+    clock, inner, cache = stale_setup(stale_if_error=60)
+    clock.advance(10)
+    inner.busy = True  # reachable but overloaded: the error surfaces
+    with pytest.raises(StoreUnavailable) as info:
+        cache.get_by_api_key(KEYS[0])
+    assert not isinstance(info.value, DatabaseUnreachable)
+    inner.busy, inner.down = False, True
+    assert cache.get_by_api_key(KEYS[0]).id == IDS[0]
+    assert cache.stats().stale_serves == 1
+
+
+def test_async_a_busy_store_is_never_answered_stale(runner: asyncio.Runner) -> None:
+    async def test() -> None:
+        clock = FakeClock()
+        inner, cache = await async_setup(ttl=10, stale_if_error=60, clock=clock)
+        await cache.get_by_api_key(KEYS[0])
+        clock.advance(10)
+        inner.busy = True
+        with pytest.raises(StoreUnavailable) as info:
+            await cache.get_by_api_key(KEYS[0])
+        assert not isinstance(info.value, DatabaseUnreachable)
+        assert cache.stats().stale_serves == 0
+
+    run(runner, test)
+
+
+# -- revalidation after a listener reconnects ----------------------------------
+
+
+def revalidating(n: int = 3) -> tuple[Inner, CachedTenantRepository, list[Tenant]]:
+    """A cache with `n` entries whose listener has just lost its connection."""
+    inner = Inner()
+    made = [inner.create(tenant(i, KEYS[i])) for i in range(n)]
+    cache = CachedTenantRepository(inner)
+    for i in range(n):
+        cache.get_by_api_key(KEYS[i])
+    cache._state.attach()  # a listener starts: suspended until it listens
+    return inner, cache, made
+
+
+def rows_of(inner: Inner) -> dict[str, Tenant]:
+    """What the revalidation query would return: every tenant, by key hash."""
+    return {t.api_key_hash: t for t in inner.real.list()}
+
+
+def test_revalidation_keeps_the_unchanged_and_drops_the_rest() -> None:
+    inner, cache, made = revalidating()
+    state = cache._state
+    inner.real.update(dataclasses.replace(made[0], enabled=False))
+    inner.real.update(dataclasses.replace(made[1], rate_limit_rpm=9))
+    snapshot = state.revalidation()
+    assert state.resume(snapshot, rows_of(inner)) == 2
+    lookups = inner.lookups
+    assert cache.get_by_api_key(KEYS[2]) == made[2]  # fresh again: no query
+    assert inner.lookups == lookups
+    assert cache.get_by_api_key(KEYS[1]).rate_limit_rpm == 9  # dropped: asked
+    with pytest.raises(TenantNotFound):
+        cache.get_by_api_key(KEYS[0])
+    assert inner.lookups == lookups + 2
+
+
+def test_an_entry_invalidated_during_revalidation_is_not_resurrected() -> None:
+    inner, cache, made = revalidating(2)
+    state = cache._state
+    snapshot = state.revalidation()
+    rows = rows_of(inner)  # the query saw the tenant unchanged, and then:
+    inner.real.update(dataclasses.replace(made[0], enabled=False))
+    cache.invalidate(made[0].id, [made[0].api_key_hash])  # its notification
+    state.resume(snapshot, rows)
+    with pytest.raises(TenantNotFound):
+        cache.get_by_api_key(KEYS[0])
+    assert cache.get_by_api_key(KEYS[1]) == made[1]
+
+
+def test_an_entry_refilled_during_revalidation_is_left_as_the_fill_stored_it() -> None:
+    inner, cache, made = revalidating(1)
+    state = cache._state
+    snapshot = state.revalidation()
+    inner.real.update(dataclasses.replace(made[0], rate_limit_rpm=5))
+    cache.invalidate(made[0].id, [])  # notified; then a lookup refills it
+    assert cache.get_by_api_key(KEYS[0]).rate_limit_rpm == 5
+    state.resume(snapshot, {made[0].api_key_hash: made[0]})  # the older row
+    assert cache.get_by_api_key(KEYS[0]).rate_limit_rpm == 5
+
+
+def test_a_fill_in_flight_at_the_snapshot_is_not_stored() -> None:
+    # It may have read the store before LISTEN: what it found went unnoticed.
+    inner, cache, made = revalidating(1)
+    state = cache._state
+    cache.invalidate(hashes=[made[0].api_key_hash])
+    release = inner.hold()
+    thread, _ = spawn(lambda: cache.get_by_api_key(KEYS[0]))
+    wait_until(lambda: inner.waiting == 1, "the fill has read the store")
+    state.resume(state.revalidation(), rows_of(inner))
+    release.set()  # it finishes after the resume, and must still not be stored
+    thread.join()
+    lookups = inner.lookups
+    cache.get_by_api_key(KEYS[0])
+    assert inner.lookups == lookups + 1
+
+
+def test_a_dropped_entry_is_never_served_stale() -> None:
+    inner = Inner()
+    made = inner.create(tenant())
+    cache = CachedTenantRepository(inner, stale_if_error=3600)
+    cache.get_by_api_key(KEYS[0])
+    cache._state.attach()
+    inner.real.delete(made.id)
+    cache._state.resume(cache._state.revalidation(), rows_of(inner))
+    inner.down = True
+    with pytest.raises(DatabaseUnreachable):
+        cache.get_by_api_key(KEYS[0])
+
+
+def test_with_another_listener_down_nothing_is_made_fresh() -> None:
+    inner, cache, _ = revalidating(1)
+    state = cache._state
+    state.attach()  # a second listener, not listening yet
+    state.resume(state.revalidation(), rows_of(inner))
+    lookups = inner.lookups
+    cache.get_by_api_key(KEYS[0])
+    assert inner.lookups == lookups + 1
+
+
+def test_a_fill_begun_after_the_snapshot_is_fresh_after_the_resume() -> None:
+    # It read the store after LISTEN: a later change would be notified.
+    inner, cache, made = revalidating(2)
+    state = cache._state
+    snapshot = state.revalidation()
+    cache.get_by_api_key(KEYS[0])  # an expired entry refilled meanwhile
+    state.resume(snapshot, rows_of(inner))
+    lookups = inner.lookups
+    assert cache.get_by_api_key(KEYS[0]) == made[0]
+    assert cache.get_by_api_key(KEYS[1]) == made[1]
+    assert inner.lookups == lookups

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
+import secrets
 import zlib
 
 import pytest
@@ -19,7 +21,13 @@ from tenantstore import (
     hash_api_key,
     is_plausible_api_key,
 )
-from tenantstore.keys import KEY_LENGTH, KEY_PREFIX, lookup_hash
+from tenantstore.keys import (
+    KEY_LENGTH,
+    KEY_PREFIX,
+    TAGGED_KEY_LENGTH,
+    is_tagged_api_key,
+    lookup_hash,
+)
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 KEY_RE = re.compile(r"tsk_[0-9A-Za-z]{49}")
@@ -220,3 +228,39 @@ def test_a_generated_key_authenticates_by_its_hash() -> None:
     assert tenants.get_by_api_key_hash(hash_api_key(key)) == created
     with pytest.raises(TenantNotFound):
         tenants.get_by_api_key(key[:-1] + ("0" if key[-1] != "0" else "1"))
+
+
+# --- keyed tags (a deployment secret) -----------------------------------------------
+
+SECRET = bytes(range(32))
+
+
+def test_a_tagged_key_carries_an_hmac_tag_before_its_checksum() -> None:
+    key = generate_api_key(secret=SECRET)
+    assert len(key) == TAGGED_KEY_LENGTH == KEY_LENGTH + 6
+    head, tag, check = key[:47], key[47:53], key[53:]
+    digest = hmac.digest(SECRET, head.encode(), "sha256")
+    assert tag == base62(int.from_bytes(digest[:4], "big"), 6)
+    assert check == base62(zlib.crc32(key[:53].encode()), 6)
+    # Still one of our keys for every repository (the checksum holds)...
+    assert is_plausible_api_key(key)
+    assert lookup_hash(key) == hash_api_key(key)
+    # ...and tagged only for its own secret (or a ring holding it).
+    assert is_tagged_api_key(key, [SECRET])
+    assert is_tagged_api_key(key, [secrets.token_bytes(32), SECRET])
+    assert not is_tagged_api_key(key, [secrets.token_bytes(32)])
+    assert not is_tagged_api_key(generate_api_key(), [SECRET])
+
+
+@given(position=st.integers(4, TAGGED_KEY_LENGTH - 1), char=st.sampled_from(ALPHABET))
+def test_any_substitution_breaks_the_tag_or_the_checksum(
+    position: int, char: str
+) -> None:
+    key = generate_api_key(secret=SECRET)
+    forged = key[:position] + char + key[position + 1 :]
+    assert is_tagged_api_key(forged, [SECRET]) == (forged == key)
+
+
+@pytest.mark.parametrize("value", [None, 42, "tsk_", "\ud800" * 59, b"x" * 59])
+def test_is_tagged_never_raises(value: object) -> None:
+    assert not is_tagged_api_key(value, [SECRET])

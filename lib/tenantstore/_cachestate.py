@@ -7,24 +7,36 @@ counters behind `CacheStats`. Every change happens under one `threading.Lock`, h
 for dict operations only and never across I/O, so a sync listener thread and an async
 cache (or the reverse) can share a state. How a fill waits and runs (threads or
 tasks) is the twins' business: here a fill is a record with a `flight` attached.
-`parse_notification` reads the trigger's payload (migrations/003) for the listeners.
+What a listener's reconnect revalidates is a `Revalidation` (a snapshot taken here,
+the query run by the listener). `parse_notification` reads the trigger's payload
+(migrations/003) for the listeners. A forked child resets every live state (see
+`_after_fork`): it has none of its parent's threads, listeners or locks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from cachetools import TTLCache
 
 from .models import Tenant
 from .validation import is_canonical_id, is_key_hash
 
-__all__ = ["CacheState", "CacheStats", "Fill", "parse_notification"]
+__all__ = [
+    "NOTHING",
+    "CacheState",
+    "CacheStats",
+    "Fill",
+    "Revalidation",
+    "parse_notification",
+]
 
 F = TypeVar("F")
 
@@ -45,7 +57,7 @@ class CacheStats:
     `misses` (asked the inner store, or joined a caller already asking). `fills`
     counts inner lookups, so `misses - fills` callers were spared one by single
     flight. `invalidations` counts `invalidate()`, `expire_all()` and `clear()` calls
-    (writes through the cache, notifications, listener drops and reconnects);
+    (writes through the cache, notifications, listener drops);
     `stale_serves` the
     answers given from an expired entry while the store was unavailable;
     `evictions` the entries dropped to make room (`maxsize` too small, or a flood
@@ -88,6 +100,20 @@ class Fill(Generic[F]):
         self.dead = False
         self.ids: set[str] | None = None
         self.flight = new_flight(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Revalidation:
+    """What a listener must confirm after it listens again (see `CacheState.resume`).
+
+    `entries` maps each cached key hash to the entry object it held when the
+    snapshot was taken: an entry replaced or dropped since (a notification, a fill)
+    is no longer that object, and is left alone. `started` is when the snapshot was
+    taken, before the query: confirmed entries are fresh for `ttl` from then.
+    """
+
+    entries: Mapping[str, Entry]
+    started: float
 
 
 class _Book(TTLCache[str, object, float]):
@@ -158,7 +184,15 @@ class CacheState(Generic[F]):
         self._ids: dict[str, str] = {}
         self._in_flight: dict[str, Fill[F]] = {}
         self._live: set[Fill[F]] = set()
+        # Listeners attached (started, not closed) and how many of them are not
+        # listening: while any is not, nothing is stored or kept fresh.
+        self._listeners = 0
         self._suspended = 0
+        # While a revalidation runs: when its snapshot was taken, and the entries
+        # that fills begun after it stored (expired, as the state is suspended).
+        # They read the store after LISTEN, so `resume` may make them fresh.
+        self._snapshot_at: float | None = None
+        self._meanwhile: dict[str, Entry] = {}
         # An entry stays booked past its freshness for as long as it may be
         # served stale. Books are replaced, never cleared: clearing a cachetools
         # cache item by item (as some versions do) would count evictions.
@@ -183,6 +217,7 @@ class CacheState(Generic[F]):
         self.invalidations = 0
         self.stale_serves = 0
         self.evictions = 0
+        _LIVE.add(self)
 
     # -- lookups ---------------------------------------------------------------
 
@@ -233,8 +268,10 @@ class CacheState(Generic[F]):
             # usable only by stale_if_error, never as a hit.
             fresh_until = fill.started if self._suspended else fill.started + self.ttl
             self._book[key] = tenant  # may expire or evict others: before the dict
-            self.entries[key] = (tenant, fresh_until)
+            self.entries[key] = entry = (tenant, fresh_until)
             self._ids[tenant.id] = key
+            if self._snapshot_at is not None and fill.started >= self._snapshot_at:
+                self._meanwhile[key] = entry
 
     def finish_missing(self, fill: Fill[F]) -> None:
         """Record that `fill.key` belongs to no enabled tenant."""
@@ -311,19 +348,92 @@ class CacheState(Generic[F]):
         with self.lock:
             self._expire_all()
 
-    def suspend(self) -> None:
-        """A listener lost (or has not yet made) its connection: `expire_all`, and
-        store nothing fresh until `resume`, since changes now go unnoticed."""
+    def attach(self) -> None:
+        """A listener starts: `suspend` until it listens (and `resume`s).
+
+        In a forked child this is the cache's own listener at last: the suspension
+        inherited from the fork ends, this listener's begins.
+        """
         with self.lock:
+            if self._listeners == 0:
+                self._suspended = 0  # a fork's, or nothing
+            self._listeners += 1
             self._suspended += 1
             self._expire_all()
 
-    def resume(self) -> None:
-        """A listener is listening again: `expire_all` once more (what changed
-        before it listened went unnoticed), then store fresh entries again."""
+    def detach(self) -> None:
+        """A listener closed while suspended: back to TTLs once no listener is
+        left suspended (its entries were expired when it stopped listening)."""
+        with self.lock:
+            self._listeners = max(0, self._listeners - 1)
+            self._suspended = max(0, self._suspended - 1)
+
+    def suspend(self) -> None:
+        """A listener lost its connection (or missed a heartbeat): `expire_all`,
+        and store nothing fresh until `resume`, since changes now go unnoticed."""
+        with self.lock:
+            self._suspended += 1
+            self._snapshot_at = None
+            self._meanwhile.clear()
+            self._expire_all()
+
+    def revalidation(self) -> Revalidation:
+        """Snapshot what a listener that listens again must confirm.
+
+        Taken after LISTEN is in effect: a change committed from then on is
+        notified, one committed before shows in the query that follows. Fills in
+        flight now may have read the store before LISTEN, so they store nothing.
+        """
+        with self.lock:
+            self._kill_fills()
+            self._snapshot_at = now = self.now()
+            self._meanwhile.clear()
+            return Revalidation(dict(self.entries), now)
+
+    def resume(
+        self,
+        revalidation: Revalidation | None = None,
+        rows: Mapping[str, Tenant] | None = None,
+    ) -> int:
+        """A listener is listening again; returns how many entries it dropped.
+
+        With a `revalidation` and the `rows` its query found (key hash -> tenant,
+        enabled or not): an entry still exactly as snapshotted is fresh again for
+        `ttl` from the snapshot if its tenant is unchanged and enabled, and dropped
+        (never served stale) otherwise; an entry replaced or dropped since the
+        snapshot is left as it is, unless a fill begun after the snapshot stored it
+        (that fill read the store after LISTEN): then it is fresh for `ttl` from
+        that fill's start. Without a revalidation, entries stay expired.
+        """
         with self.lock:
             self._suspended = max(0, self._suspended - 1)
-            self._expire_all()
+            meanwhile, self._meanwhile = self._meanwhile, {}
+            self._snapshot_at = None
+            if revalidation is None:
+                return 0
+            rows = rows or {}
+            # Another listener of this cache still down: confirmed entries stay
+            # expired (nothing may be fresh), changed ones go all the same.
+            fresh = revalidation.started + self.ttl if not self._suspended else None
+            dropped = 0
+            entries = self.entries
+            for key, entry in revalidation.entries.items():
+                if entries.get(key) is not entry:
+                    continue  # invalidated, refilled or expired since the snapshot
+                tenant = entry[0]
+                row = rows.get(key)
+                if row is None or row != tenant or not row.enabled:
+                    self._drop(key)
+                    dropped += 1
+                elif fresh is not None:
+                    self._book[key] = tenant  # may expire or evict: before the dict
+                    if key in entries:
+                        entries[key] = (tenant, fresh)
+            if fresh is not None:
+                for key, entry in meanwhile.items():
+                    if entries.get(key) is entry:
+                        entries[key] = (entry[0], entry[1] + self.ttl)
+            return dropped
 
     def clear(self) -> None:
         """Drop every entry and negative entry; fills in flight store nothing."""
@@ -354,9 +464,29 @@ class CacheState(Generic[F]):
 
     # -- under the lock --------------------------------------------------------
 
+    def _after_fork(self) -> None:
+        # In a forked child, without the lock (a parent thread may have held it at
+        # the fork, and no such thread exists here): a new lock, no fills (their
+        # leaders are parent threads and would never finish), no entries (a parent
+        # thread may have been midway through changing them). A cache a listener
+        # kept fresh stays suspended until it has a listener of its own (`attach`).
+        self.lock = threading.Lock()
+        self._in_flight.clear()
+        self._live.clear()
+        self.entries.clear()
+        self.negatives.clear()
+        self._ids.clear()
+        self._book = self._new_book()
+        self._negative_book = self._new_negative_book()
+        self._suspended = 1 if self._listeners else 0
+        self._listeners = 0
+        self._snapshot_at = None
+        self._meanwhile.clear()
+
     def _expire_all(self) -> None:
         self.invalidations += 1
         self._kill_fills()
+        self._meanwhile.clear()
         now = self.now()
         entries = self.entries
         for key, (tenant, fresh_until) in list(entries.items()):
@@ -404,18 +534,26 @@ class CacheState(Generic[F]):
         self.evictions += 1
 
 
+# A notification that changes nothing (a heartbeat).
+NOTHING: Final[tuple[str | None, tuple[str, ...]]] = (None, ())
+
+
 def parse_notification(payload: str) -> tuple[str | None, tuple[str, ...]] | None:
     """The tenant id and key hashes a trigger notification names.
 
-    None when the payload asks for everything to expire: a TRUNCATE, or anything
-    that does not parse as a row change (a listener that cannot tell what changed
-    must assume everything did).
+    None when everything must be dropped: a TRUNCATE (every tenant is gone), or
+    anything that does not parse as a row change (a listener that cannot tell what
+    changed must assume everything did). `NOTHING` for a heartbeat (`"PING"`).
     """
     try:
         change = json.loads(payload)
     except ValueError:
         return None
-    if not isinstance(change, dict) or change.get("op") not in _ROW_OPS:
+    if not isinstance(change, dict):
+        return None
+    if change.get("op") == "PING":
+        return NOTHING
+    if change.get("op") not in _ROW_OPS:
         return None
     tenant_id = change.get("id")
     values = (change.get("old"), change.get("new"))
@@ -430,3 +568,15 @@ def parse_notification(payload: str) -> tuple[str | None, tuple[str, ...]] | Non
 
 
 _ROW_OPS: Final = frozenset({"INSERT", "UPDATE", "DELETE"})
+
+
+# Every live state of this process, for `_after_fork`.
+_LIVE: Final[weakref.WeakSet[CacheState[Any]]] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for state in list(_LIVE):
+        state._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork)

@@ -257,3 +257,41 @@ _whole_days = (
 SELECT_TOTAL_COST_BY_DAYS: Final[str] = Query.select(
     _fn.Coalesce(_partial_day, 0) + _fn.Coalesce(_whole_days, 0)
 ).get_sql()
+
+# -- the cache listener (listener.py) --------------------------------------------
+
+_any = CustomFunction("ANY", ["array"])
+
+# Revalidation after a reconnect: the full rows of every cached key hash, enabled or
+# not, in one statement (the listener keeps what is unchanged and drops the rest).
+SELECT_BY_HASHES: Final[str] = (
+    Query.from_(tenants)
+    .select(*_tenant_select)
+    .where(tenants.api_key_hash == _any(_p("hashes")))
+    .get_sql()
+)
+
+# The triggers of migrations/003 that notify the listener's channel.
+NOTIFY_TRIGGERS: Final = (
+    "tenantstore_tenants_notify_insert_delete",
+    "tenantstore_tenants_notify_update",
+    "tenantstore_tenants_notify_truncate",
+)
+_pg_trigger: Any = Table("pg_trigger")
+_notify = CustomFunction("pg_notify", ["channel", "payload"])
+_to_regclass = CustomFunction("to_regclass", ["name"])
+
+# The listener's heartbeat: NOTIFY channel $1 with payload $2, only while every
+# trigger is in place and enabled (one row), else no row and no notification, so a
+# database without migration 003 (or with its triggers disabled) fails the
+# heartbeat like a dead path does. Numbered placeholders: it is sent with libpq's
+# non-blocking send_query_params, not through a cursor.
+HEARTBEAT: Final[str] = (
+    Query.from_(_pg_trigger)
+    .select(_notify(Parameter("$1"), Parameter("$2")))
+    .where(_pg_trigger.tgrelid == _to_regclass("tenants"))
+    .where(_pg_trigger.tgname.isin(list(NOTIFY_TRIGGERS)))
+    .where(_pg_trigger.tgenabled != "D")
+    .having(_fn.Count("*") == len(NOTIFY_TRIGGERS))
+    .get_sql()
+)

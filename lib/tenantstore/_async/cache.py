@@ -13,14 +13,15 @@ import builtins
 import hashlib
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Final
 
 from .._acompat import AFlight
 from .._cachestate import CacheState, CacheStats, Fill
 from ..clock import Clock, SystemClock
-from ..errors import InvalidInput, StoreUnavailable, TenantNotFound
-from ..keys import is_plausible_api_key
+from ..errors import DatabaseUnreachable, InvalidInput, TenantNotFound
+from ..keys import is_plausible_api_key, is_tagged_api_key, key_secrets
 from ..models import Tenant
 from ..validation import is_key_hash
 from .protocols import AsyncTenantRepository
@@ -29,6 +30,10 @@ __all__ = ["AsyncCachedTenantRepository"]
 
 # Bound once: the hit path pays for a global load and a call, nothing more.
 _sha256: Final = hashlib.sha256
+# str's own encode, not the key's: a str subclass is looked up by its characters
+# (whatever its methods say), on a hit as on a miss (`keys.lookup_hash`); anything
+# else raises TypeError.
+_encode: Final = str.encode
 
 
 def _not_found() -> TenantNotFound:
@@ -59,8 +64,15 @@ class AsyncCachedTenantRepository:
     seconds; a key no enabled tenant owns is remembered for `negative_ttl` seconds
     in a separate cache of `negative_maxsize` entries, so a flood of guessed keys
     cannot evict real tenants (`maxsize` entries). A key in our format whose
-    checksum fails is rejected without a query or a slot. Concurrent misses for one
-    key make one inner lookup; the others wait for its result or its error.
+    checksum fails (a typo) is rejected without a query or a slot; a forged one
+    passes (the checksum is public) and costs one query, then a negative slot. With
+    `key_secret` (the secret, or several while it rotates, given to
+    `generate_api_key(secret=...)`), `get_by_api_key` asks the store only for keys
+    that secret tagged: any other key (forged, untagged, another format) is
+    rejected without a query, so set it once every key in use carries the tag
+    (`get_by_api_key_hash` cannot be checked: a hash carries no tag). Concurrent
+    misses for one key make one inner lookup; the others wait for its result or
+    its error.
 
     Guarantees:
 
@@ -74,10 +86,16 @@ class AsyncCachedTenantRepository:
       seconds, or as soon as a listener attached to this cache (see
       `TenantCacheListener`, `AsyncTenantCacheListener`) delivers the change;
       while that listener is disconnected nothing is served from memory as fresh.
-    - With `stale_if_error > 0`, while the inner store raises `StoreUnavailable`,
-      an expired (never an invalidated) entry is served for at most that many
-      seconds after it expired, and counted in `stats().stale_serves`; past that,
-      the error surfaces. Off (0) by default: the cache fails closed.
+    - With `stale_if_error > 0`, while the inner store raises
+      `DatabaseUnreachable` (the database is down or out of reach; never for a
+      busy one: an exhausted pool or a statement timeout is a plain
+      `StoreUnavailable` and surfaces), an expired (never an invalidated) entry
+      is served for at most that many seconds after it expired, and counted in
+      `stats().stale_serves`; past that, the error surfaces. Off (0) by default:
+      the cache fails closed.
+    - A key is looked up by its characters: a `str` subclass is found (or not)
+      exactly as the equal `str` is. A key hash must be a `str` itself, as in
+      every repository: a subclass is nobody's hash.
 
     `get_by_id`, `list` and `reveal_api_key` pass through uncached. `clock` is for
     tests: its `monotonic()` measures the TTLs (the system clock by default). The
@@ -96,9 +114,16 @@ class AsyncCachedTenantRepository:
         maxsize: int = 100_000,
         negative_maxsize: int = 10_000,
         stale_if_error: float = 0.0,
+        key_secret: bytes | Sequence[bytes] | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.inner = inner
+        # What a presented key must pass before the store is asked.
+        self._plausible: Callable[[object], bool] = (
+            is_plausible_api_key
+            if key_secret is None
+            else partial(is_tagged_api_key, ring=key_secrets(key_secret))
+        )
         # The hit path calls this on every lookup: the system clock's method would
         # add a Python frame, time.monotonic is a C function.
         self._now = (
@@ -125,9 +150,13 @@ class AsyncCachedTenantRepository:
         nothing that could be done at construction.
         """
         try:
-            key_hash = _sha256(api_key.encode()).hexdigest()
-        except (AttributeError, TypeError, UnicodeEncodeError):
-            # Not a str, or lone surrogates: nobody's key.
+            key_hash = _sha256(_encode(api_key)).hexdigest()
+        except (TypeError, UnicodeEncodeError):
+            # Not a str, or lone surrogates: nobody's key. Raised outside the
+            # handler: a UnicodeEncodeError holds the whole key, and would ride
+            # along as the __context__ of what we raise.
+            key_hash = None
+        if key_hash is None:
             return await self._lookup(None)
         entry = self._entries.get(key_hash)
         if entry is not None and entry[1] > self._now():
@@ -137,10 +166,9 @@ class AsyncCachedTenantRepository:
 
     async def get_by_api_key_hash(self, api_key_hash: str) -> Tenant:
         """As `get_by_api_key`, for callers that hashed the key already."""
-        try:
-            entry = self._entries.get(api_key_hash)
-        except TypeError:  # unhashable: certainly no key hash
-            entry = None
+        # Exactly a str, as `is_key_hash` (the repositories' rule) wants: a
+        # subclass could hash and compare as it likes.
+        entry = self._entries.get(api_key_hash) if type(api_key_hash) is str else None
         if entry is not None and entry[1] > self._now():
             self._state.hits += 1
             return entry[0]
@@ -153,13 +181,13 @@ class AsyncCachedTenantRepository:
         if key is None:
             state.rejected += 1
             raise _not_found()
-        # A remembered miss answers before the checksum: only keys that passed it
-        # are ever remembered, and the hash is already at hand.
+        # A remembered miss answers before the checksum (or tag): only keys that
+        # passed it are ever remembered, and the hash is already at hand.
         fresh_until = state.negatives.get(key)
         if fresh_until is not None and fresh_until > self._now():
             state.negative_hits += 1
             raise _not_found()
-        if api_key is not None and not is_plausible_api_key(api_key):
+        if api_key is not None and not self._plausible(str.__str__(api_key)):
             state.rejected += 1
             raise _not_found()
         joined = state.join(key, self._new_flight)
@@ -170,7 +198,10 @@ class AsyncCachedTenantRepository:
             if leader:
                 return await fill.flight.lead()
             return await fill.flight.wait()
-        except StoreUnavailable:
+        except DatabaseUnreachable:
+            # Only while the database is out of reach: a busy one (pool
+            # exhausted, statement timeout) answers again soon, and serving a
+            # possibly revoked tenant then would trade safety for nothing.
             stale = state.stale(key)
             if stale is None:
                 raise
