@@ -9,7 +9,7 @@ cache (or the reverse) can share a state. How a fill waits and runs (threads or
 tasks) is the twins' business: here a fill is a record with a `flight` attached.
 What a listener's reconnect revalidates is a `Revalidation` (a snapshot taken here,
 the query run by the listener). `parse_notification` reads the trigger's payload
-(migrations/003) for the listeners. A forked child resets every live state (see
+(migrations/008) for the listeners. A forked child resets every live state (see
 `_after_fork`): it has none of its parent's threads, listeners or locks.
 """
 

@@ -239,7 +239,7 @@ SELECT_TOTAL_COST_SINCE: Final[str] = (
     .get_sql()
 )
 
-# The same total from the daily totals (migration 004): the rows of the partial
+# The same total from the daily totals (migrations 009-010): the rows of the partial
 # first day, [since, boundary), plus whole UTC days from boundary_day on.
 _partial_day = (
     Query.from_(usage)
@@ -271,7 +271,7 @@ SELECT_BY_HASHES: Final[str] = (
     .get_sql()
 )
 
-# The triggers of migrations/003 that notify the listener's channel.
+# The triggers of migrations/008 that notify the listener's channel.
 NOTIFY_TRIGGERS: Final = (
     "tenantstore_tenants_notify_insert_delete",
     "tenantstore_tenants_notify_update",
@@ -283,7 +283,7 @@ _to_regclass = CustomFunction("to_regclass", ["name"])
 
 # The listener's heartbeat: NOTIFY channel $1 with payload $2, only while every
 # trigger is in place and enabled (one row), else no row and no notification, so a
-# database without migration 003 (or with its triggers disabled) fails the
+# database without migration 008 (or with its triggers disabled) fails the
 # heartbeat like a dead path does. Numbered placeholders: it is sent with libpq's
 # non-blocking send_query_params, not through a cursor.
 HEARTBEAT: Final[str] = (

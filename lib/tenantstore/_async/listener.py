@@ -1,6 +1,6 @@
 """Cross-process invalidation: a listener LISTENs to the trigger on `tenants`.
 
-The trigger of migrations/003 notifies channel ``tenantstore_tenants`` from inside
+The trigger of migrations/008 notifies channel ``tenantstore_tenants`` from inside
 every transaction that changes `tenants` (delivered on commit, whoever the writer);
 the listener applies each notification to its caches on a connection of its own,
 proves at every heartbeat that notifications from another session still reach it
@@ -171,7 +171,7 @@ class _Heartbeat:
                 raise ListenerLost(f"the heartbeat failed: {message.strip()}")
             elif result.ntuples == 0:
                 raise ListenerLost(
-                    "the notify triggers of migration 003 are missing or disabled "
+                    "the notify triggers of migration 008 are missing or disabled "
                     "on tenants (run `python -m tenantstore migrate up`)"
                 )
 
@@ -195,7 +195,7 @@ class AsyncTenantCacheListener:
     arrive within `heartbeat[1]` seconds, or the listener is lost. That proves what
     a keepalive cannot: that another session's notification still reaches it (not
     behind a frozen path, a hung backend, a transaction-mode pooler, nor on a
-    database without migration 003's triggers, where no ping is sent). So a change
+    database without migration 008's triggers, where no ping is sent). So a change
     made elsewhere is seen within about `heartbeat[0] + heartbeat[1]` seconds (3 s
     by default) whatever fails, or as soon as its notification arrives.
 
