@@ -14,10 +14,12 @@ import hashlib
 import math
 import time
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Final
 
 from .._acompat import AFlight
 from .._cachestate import CacheState, CacheStats, Fill
+from ..audit import AuditEvent
 from ..clock import Clock, SystemClock
 from ..errors import InvalidInput, StoreUnavailable, TenantNotFound
 from ..keys import is_plausible_api_key
@@ -213,6 +215,17 @@ class AsyncCachedTenantRepository:
     async def reveal_api_key(self, tenant_id: str) -> str | None:
         """The tenant's plaintext key, from the inner store (never cached)."""
         return await self.inner.reveal_api_key(tenant_id)
+
+    async def list_audit(
+        self,
+        since: datetime | None = None,
+        entity_id: str | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+    ) -> builtins.list[AuditEvent]:
+        """The inner store's audit log (not cached)."""
+        return await self.inner.list_audit(since, entity_id, limit, before=before)
 
     # -- writes: invalidate before returning -------------------------------------
 

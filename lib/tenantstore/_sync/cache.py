@@ -15,10 +15,12 @@ import hashlib
 import math
 import time
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Final
 
 from .._acompat import Flight
 from .._cachestate import CacheState, CacheStats, Fill
+from ..audit import AuditEvent
 from ..clock import Clock, SystemClock
 from ..errors import InvalidInput, StoreUnavailable, TenantNotFound
 from ..keys import is_plausible_api_key
@@ -214,6 +216,17 @@ class CachedTenantRepository:
     def reveal_api_key(self, tenant_id: str) -> str | None:
         """The tenant's plaintext key, from the inner store (never cached)."""
         return self.inner.reveal_api_key(tenant_id)
+
+    def list_audit(
+        self,
+        since: datetime | None = None,
+        entity_id: str | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+    ) -> builtins.list[AuditEvent]:
+        """The inner store's audit log (not cached)."""
+        return self.inner.list_audit(since, entity_id, limit, before=before)
 
     # -- writes: invalidate before returning -------------------------------------
 
