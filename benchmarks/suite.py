@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from benchmarks import (
+    scenarios_admin,
     scenarios_async,
     scenarios_cache,
     scenarios_revocation,
@@ -19,6 +20,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     *scenarios_tenants.SCENARIOS,
     *scenarios_usage.SCENARIOS,
     *scenarios_async.SCENARIOS,
+    *scenarios_admin.SCENARIOS,
 )
 
 
