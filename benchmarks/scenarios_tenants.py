@@ -271,6 +271,9 @@ def _tenant_params(t: Tenant, now: datetime) -> dict[str, Any]:
         "now": now,
         "api_key_encrypted": None,
         "expected": t.updated_at,
+        # The audit context every write states (see tenantstore.audit).
+        "audit_actor": "",
+        "audit_at": now.isoformat(),
     }
 
 

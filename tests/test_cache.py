@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -29,6 +30,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from tenantstore import (
     AsyncCachedTenantRepository,
     AsyncInMemoryTenantRepository,
+    AuditEvent,
     CachedTenantRepository,
     CacheStats,
     DatabaseUnreachable,
@@ -129,6 +131,16 @@ class Inner:
     def reveal_api_key(self, tenant_id: str) -> str | None:
         return self.real.reveal_api_key(tenant_id)
 
+    def list_audit(
+        self,
+        since: datetime | None = None,
+        entity_id: str | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+    ) -> builtins.list[AuditEvent]:
+        return self.real.list_audit(since, entity_id, limit, before=before)
+
 
 class AsyncInner:
     """`Inner` for asyncio: holds are `asyncio.Event`s; records cancellations."""
@@ -192,6 +204,16 @@ class AsyncInner:
 
     async def reveal_api_key(self, tenant_id: str) -> str | None:
         return await self.real.reveal_api_key(tenant_id)
+
+    async def list_audit(
+        self,
+        since: datetime | None = None,
+        entity_id: str | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+    ) -> builtins.list[AuditEvent]:
+        return await self.real.list_audit(since, entity_id, limit, before=before)
 
 
 @pytest.fixture

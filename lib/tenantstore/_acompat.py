@@ -20,9 +20,11 @@ __all__ = [
     "Lock",
     "Worker",
     "aevent_wait",
+    "aoffload",
     "aspawn",
     "astop_worker",
     "event_wait",
+    "offload",
     "spawn",
     "stop_worker",
 ]
@@ -76,6 +78,17 @@ async def aevent_wait(event: asyncio.Event, timeout: float | None) -> bool:  # n
     except TimeoutError:
         return False
     return True
+
+
+def offload(call: Callable[..., T], *args: Any) -> T:
+    """Run a CPU-bound call (a bcrypt hash) in the calling thread."""
+    return call(*args)
+
+
+async def aoffload(call: Callable[..., T], *args: Any) -> T:
+    """Run a CPU-bound call (a bcrypt hash) on a worker thread: the event loop
+    keeps serving while it runs (bcrypt releases the GIL)."""
+    return await asyncio.to_thread(call, *args)
 
 
 class Flight(Generic[T]):

@@ -14,11 +14,13 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from functools import partial
 from typing import Final
 
 from .._acompat import AFlight
 from .._cachestate import CacheState, CacheStats, Fill
+from ..audit import AuditEvent
 from ..clock import Clock, SystemClock
 from ..errors import DatabaseUnreachable, InvalidInput, TenantNotFound
 from ..keys import is_plausible_api_key, is_tagged_api_key, key_secrets
@@ -244,6 +246,17 @@ class AsyncCachedTenantRepository:
     async def reveal_api_key(self, tenant_id: str) -> str | None:
         """The tenant's plaintext key, from the inner store (never cached)."""
         return await self.inner.reveal_api_key(tenant_id)
+
+    async def list_audit(
+        self,
+        since: datetime | None = None,
+        entity_id: str | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+    ) -> builtins.list[AuditEvent]:
+        """The inner store's audit log (not cached)."""
+        return await self.inner.list_audit(since, entity_id, limit, before=before)
 
     # -- writes: invalidate before returning -------------------------------------
 

@@ -22,6 +22,14 @@ from psycopg_pool import AsyncConnectionPool
 from .. import _sql
 from .._pgerrors import translate_error
 from .._rows import tenant_from_row, tenant_params, usage_from_row, usage_params, utc
+from ..audit import (
+    AuditEvent,
+    actor_name,
+    audit_params,
+    audit_query,
+    current_actor,
+    event_from_row,
+)
 from ..cipher import KeyCipher, encrypted_key_for_write
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import MODIFIED, CipherError, StaleVersion, TenantNotFound
@@ -145,11 +153,13 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
     `pool` should hand out autocommit connections (`create_async_pool` does);
     `prepare=False` suits a transaction-pooling proxy that cannot keep prepared
     statements. `clock` stamps created_at/updated_at; `cipher` encrypts keys
-    passed to writes.
+    passed to writes. `actor` is recorded in the audit log as who made each write
+    (unless `acting_as` names someone else for it); without either, the log has
+    the database role and application_name only.
     """
 
     __module__ = "tenantstore"
-    __slots__ = ("_cipher",)
+    __slots__ = ("_actor", "_cipher")
 
     def __init__(
         self,
@@ -158,9 +168,11 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
         clock: Clock | None = None,
         cipher: KeyCipher | None = None,
         prepare: bool = True,
+        actor: str | None = None,
     ) -> None:
         super().__init__(pool, clock, prepare)
         self._cipher = cipher
+        self._actor = None if actor is None else actor_name(actor)
 
     async def get_by_api_key(self, api_key: str) -> Tenant:
         api_key_hash = lookup_hash(api_key)
@@ -206,9 +218,9 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
         encrypted = encrypted_key_for_write(
             tenant.api_key_hash, tenant.id, api_key, self._cipher
         )
-        params = tenant_params(
-            tenant, now=utc(self._clock.now()), api_key_encrypted=encrypted
-        )
+        now = utc(self._clock.now())
+        params = tenant_params(tenant, now=now, api_key_encrypted=encrypted)
+        params.update(audit_params(current_actor(self._actor), now))
         row = await self._run(
             _sql.INSERT_TENANT,
             params,
@@ -224,12 +236,11 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
         encrypted = encrypted_key_for_write(
             tenant.api_key_hash, tenant.id, api_key, self._cipher
         )
+        now = utc(self._clock.now())
         params = tenant_params(
-            tenant,
-            now=utc(self._clock.now()),
-            api_key_encrypted=encrypted,
-            expected=expected,
+            tenant, now=now, api_key_encrypted=encrypted, expected=expected
         )
+        params.update(audit_params(current_actor(self._actor), now))
         statement = _sql.UPDATE_TENANT[api_key is not None, expected is not None]
         row = await self._run(statement, params, ONE, retry=False)
         if row is None:
@@ -243,9 +254,15 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
         enabled = boolean("enabled", enabled)
         if not is_canonical_id(tenant_id):
             raise _not_found()
+        now = utc(self._clock.now())
         row = await self._run(
             _sql.SET_ENABLED,
-            {"id": tenant_id, "enabled": enabled, "now": utc(self._clock.now())},
+            {
+                "id": tenant_id,
+                "enabled": enabled,
+                "now": now,
+                **audit_params(current_actor(self._actor), now),
+            },
             ONE,
             retry=False,
         )
@@ -256,14 +273,25 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
     async def delete(self, tenant_id: str) -> None:
         if not is_canonical_id(tenant_id):
             raise _not_found()
+        now = utc(self._clock.now())
         deleted = await self._run(
             _sql.DELETE_TENANT,
-            {"id": tenant_id},
+            {"id": tenant_id, **audit_params(current_actor(self._actor), now)},
             COUNT,
             retry=False,
         )
         if deleted == 0:
             raise _not_found()
+
+    async def list_audit(
+        self,
+        since: datetime | None = None,
+        entity_id: str | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+    ) -> builtins.list[AuditEvent]:
+        return await list_audit(self, since, entity_id, limit, before)
 
     async def reveal_api_key(self, tenant_id: str) -> str | None:
         if not is_canonical_id(tenant_id):
@@ -285,6 +313,23 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
         # A writer that re-keys without our API (the Go service sets api_key_hash
         # and leaves api_key_encrypted alone) leaves a copy of a revoked key.
         return api_key if key_matches_hash(api_key, api_key_hash) else None
+
+
+async def list_audit(
+    repository: _AsyncPostgres,
+    since: datetime | None,
+    entity_id: str | None,
+    limit: int,
+    before: int | None,
+) -> builtins.list[AuditEvent]:
+    """The audit log, newest first (see `AsyncTenantRepository.list_audit`)."""
+    start, before = audit_query(since, entity_id, limit, before)
+    if entity_id is not None and not is_canonical_id(entity_id):
+        return []
+    params = {"since": start, "entity_id": entity_id, "before": before, "limit": limit}
+    key = (start is not None, entity_id is not None, before is not None)
+    rows = await repository._run(_sql.SELECT_AUDIT[key], params, ALL, retry=True)
+    return [event_from_row(row) for row in rows]
 
 
 class AsyncPostgresUsageRepository(_AsyncPostgres):

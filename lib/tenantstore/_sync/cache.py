@@ -15,11 +15,13 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from functools import partial
 from typing import Final
 
 from .._acompat import Flight
 from .._cachestate import CacheState, CacheStats, Fill
+from ..audit import AuditEvent
 from ..clock import Clock, SystemClock
 from ..errors import DatabaseUnreachable, InvalidInput, TenantNotFound
 from ..keys import is_plausible_api_key, is_tagged_api_key, key_secrets
@@ -245,6 +247,17 @@ class CachedTenantRepository:
     def reveal_api_key(self, tenant_id: str) -> str | None:
         """The tenant's plaintext key, from the inner store (never cached)."""
         return self.inner.reveal_api_key(tenant_id)
+
+    def list_audit(
+        self,
+        since: datetime | None = None,
+        entity_id: str | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+    ) -> builtins.list[AuditEvent]:
+        """The inner store's audit log (not cached)."""
+        return self.inner.list_audit(since, entity_id, limit, before=before)
 
     # -- writes: invalidate before returning -------------------------------------
 
