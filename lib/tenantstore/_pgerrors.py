@@ -5,17 +5,47 @@ one `_run`). It picks the most specific mapping, and the caller raises it `from`
 driver's error, so the cause stays inspectable; anything unmapped becomes a plain
 `TenantStoreError`, a bug to report. `tests/test_faults.py` walks every psycopg
 exception class to prove the map total.
+
+Also here: which errors mean the connection, not the statement, is at fault
+(`discards_connection`: such a connection is closed, never pooled again), which mean a
+stale prepared statement or a read-only session (`RETRY_ONCE`: cured and retried
+once, whatever the statement), and the rule that
+tells an unreachable database from a busy one when the pool times out
+(`PoolHealth`, `pool_unreachable`).
+
+How unavailability is classified (`DatabaseUnreachable` vs plain `StoreUnavailable`):
+
+- **Unreachable**: connecting failed; the connection was lost (the driver marked it
+  broken, the server ended the session: class 08, 57P01-57P05); the call's deadline
+  passed without an answer (the watchdog shut the socket down: a frozen path, a
+  stopped backend); or the pool timed out *and* it has tried to connect since its
+  last successful connection without one succeeding during the wait.
+- **Busy** (plain `StoreUnavailable`): the pool timed out while it was not trying
+  to connect (every connection is in use and healthy: an exhausted pool, at its
+  max size), or made a connection during the wait (handed to other waiters); a
+  statement timeout (57014), a lock timeout (55P03), a read-only database (25006),
+  anything else the server answered.
+
+A pool timeout cannot be classified from psycopg_pool's exception alone (it says the
+same for both cases), so `create_pool` records each connection attempt and each
+success in a `PoolHealth`. For a pool not made by `create_pool`, its
+`connections_errors` counter is the evidence: unreachable when it grew since the
+repository's previous pool timeout (or since the repository was built).
 """
 
 from __future__ import annotations
 
-from typing import Final
+import weakref
+from time import monotonic
+from typing import Any, Final
 
 import psycopg
+import psycopg_pool
 from psycopg import errors as pge
 
 from .errors import (
     Conflict,
+    DatabaseUnreachable,
     InvalidInput,
     StoreUnavailable,
     TenantNotFound,
@@ -35,6 +65,42 @@ _UNAVAILABLE: Final = (
     pge.IdleInTransactionSessionTimeout,
     pge.TransactionTimeout,
 )
+# The session is gone: the server ended it, or the protocol broke.
+_SESSION_ENDED: Final = (
+    pge.ConnectionException,
+    pge.AdminShutdown,
+    pge.CrashShutdown,
+    pge.CannotConnectNow,
+    pge.DatabaseDropped,
+    pge.IdleSessionTimeout,
+)
+# Errors that depend on the connection rather than the statement: a session stuck
+# read-only (a standby after failover; `ALTER DATABASE ... SET
+# default_transaction_read_only` reaches new sessions only), a session the server
+# timed out or ended, a broken protocol. Pooled again, such a connection would fail
+# every later call that a fresh one would serve.
+_CONNECTION_AT_FAULT: Final = (
+    *_SESSION_ENDED,
+    pge.ReadOnlySqlTransaction,
+    pge.IdleInTransactionSessionTimeout,
+    pge.TransactionTimeout,
+)
+STALE_PLAN: Final = (
+    # "cached plan must not change result type": an ALTER TABLE changed a column
+    # under a warm prepared statement, and every later execution on that connection
+    # fails the same way until its prepared statements are deallocated.
+    pge.FeatureNotSupported,
+    # psycopg's idea of what is prepared disagrees with the server's.
+    pge.InvalidSqlStatementName,
+    pge.DuplicatePreparedStatement,
+)
+"""Stale prepared statements: cured on their connection by `DEALLOCATE ALL`."""
+RETRY_ONCE: Final = (*STALE_PLAN, pge.ReadOnlySqlTransaction)
+"""Errors the server raises before executing anything, and that another try can
+cure: a stale plan (on the same connection, once deallocated), a read-only session
+(on a fresh connection: made after the database became writable again, it is not
+read-only). Safe to retry once for every statement, writes included."""
+
 _SCHEMA: Final = (
     pge.UndefinedTable,
     pge.UndefinedColumn,
@@ -44,8 +110,34 @@ _SCHEMA: Final = (
 )
 
 
-def translate_error(exc: psycopg.Error) -> TenantStoreError:
-    """Our exception for a driver exception (the caller raises it `from` exc)."""
+def discards_connection(exc: psycopg.Error) -> bool:
+    """Whether the connection `exc` came from must be closed, not pooled again."""
+    # A bare OperationalError comes from libpq itself, without an SQLSTATE: the
+    # connection failed, not the statement.
+    bare = type(exc) is psycopg.OperationalError
+    return bare or isinstance(exc, _CONNECTION_AT_FAULT)
+
+
+def translate_error(
+    exc: psycopg.Error,
+    *,
+    lost: bool = False,
+    deadline: float | None = None,
+    pool: Any = None,
+    waited: float | None = None,
+) -> TenantStoreError:
+    """Our exception for a driver exception (the caller raises it `from` exc).
+
+    `lost`: the connection broke under the call. `deadline`: the call's deadline
+    passed and its connection was shut down (seconds it waited). `pool`: the pool a
+    `PoolTimeout` came from, to tell an unreachable database from a busy one, and
+    `waited` how long the wait was.
+    """
+    if deadline is not None:
+        return DatabaseUnreachable(
+            f"the database is unreachable (no answer within {deadline:g} s; "
+            "the connection was shut down)"
+        )
     if isinstance(exc, pge.UniqueViolation | pge.ExclusionViolation):
         return Conflict("a tenant with this id or api_key_hash already exists")
     if isinstance(exc, pge.ForeignKeyViolation):
@@ -58,10 +150,85 @@ def translate_error(exc: psycopg.Error) -> TenantStoreError:
         # The driver's first line says why (refused, timed out, terminated); it
         # carries no parameter values, unlike data errors' messages.
         lines = str(exc).strip().splitlines()
-        reason = f": {lines[0]}" if lines else ""
-        return StoreUnavailable(
-            f"the database is unavailable ({type(exc).__name__}{reason})"
+        reason = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+        unreachable = (
+            lost
+            or isinstance(exc, _SESSION_ENDED)
+            or type(exc) is psycopg.OperationalError
+            or (
+                isinstance(exc, psycopg_pool.PoolTimeout)
+                and pool is not None
+                and pool_unreachable(pool, waited)
+            )
         )
+        if unreachable:
+            return DatabaseUnreachable(f"the database is unreachable ({reason})")
+        return StoreUnavailable(f"the database is unavailable ({reason})")
     if isinstance(exc, _SCHEMA):
         return TenantStoreError(_SCHEMA_HINT)
     return TenantStoreError(f"unexpected database error ({type(exc).__name__})")
+
+
+class PoolHealth:
+    """What a pool's connection attempts did lately (kept by `create_pool`'s hooks).
+
+    Times are `time.monotonic()`; written by the pool's worker threads (or tasks),
+    read when a pool wait times out.
+    """
+
+    __slots__ = ("__weakref__", "last_attempt", "last_success")
+
+    def __init__(self) -> None:
+        self.last_attempt = -float("inf")
+        self.last_success = -float("inf")
+
+    def attempting(self) -> None:
+        self.last_attempt = monotonic()
+
+    def connected(self) -> None:
+        self.last_success = monotonic()
+
+
+# Pool -> its health record, or for a foreign pool the connection-error count at
+# the last look. Weak: a record dies with its pool.
+_HEALTH: weakref.WeakKeyDictionary[Any, PoolHealth] = weakref.WeakKeyDictionary()
+_FOREIGN_ERRORS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def track_pool(pool: Any, health: PoolHealth | None = None) -> None:
+    """Start telling unreachable from busy for `pool` (`create_pool` passes `health`;
+    a repository calls it with None for whatever pool it was given)."""
+    if health is not None:
+        _HEALTH[pool] = health
+    elif pool not in _HEALTH and pool not in _FOREIGN_ERRORS:
+        _FOREIGN_ERRORS[pool] = _connection_errors(pool)
+
+
+def _connection_errors(pool: Any) -> int:
+    try:
+        count: int = pool.get_stats().get("connections_errors", 0)
+    except Exception:  # not a psycopg_pool pool: no evidence either way
+        return 0
+    return count
+
+
+def pool_unreachable(pool: Any, waited: float | None = None) -> bool:
+    """After a pool wait timed out: is the database out of reach (not just busy)?
+
+    `waited`: how long the wait was (the pool's own `timeout` when None).
+    """
+    health = _HEALTH.get(pool)
+    if health is None:
+        errors = _connection_errors(pool)
+        before = _FOREIGN_ERRORS.get(pool, 0)
+        _FOREIGN_ERRORS[pool] = errors
+        # A counter reset by `pop_stats()` reads lower: any error since counts.
+        return errors > before or (errors < before and errors > 0)
+    if waited is None:
+        waited = float(getattr(pool, "timeout", 0.0))
+    wait_began = monotonic() - waited
+    # Trying to connect since the last success, and nothing made during the wait:
+    # connecting fails or hangs. Not trying (at max size, every connection in use)
+    # or succeeding (new connections went to other waiters): merely busy.
+    trying = health.last_attempt >= health.last_success
+    return trying and health.last_success < wait_began
