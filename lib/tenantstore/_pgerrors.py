@@ -65,22 +65,17 @@ _UNAVAILABLE: Final = (
     pge.IdleInTransactionSessionTimeout,
     pge.TransactionTimeout,
 )
-# The session is gone: the server ended it, or the protocol broke.
-_SESSION_ENDED: Final = (
-    pge.ConnectionException,
-    pge.AdminShutdown,
-    pge.CrashShutdown,
-    pge.CannotConnectNow,
-    pge.DatabaseDropped,
-    pge.IdleSessionTimeout,
-)
-# Errors that depend on the connection rather than the statement: a session stuck
-# read-only (a standby after failover; `ALTER DATABASE ... SET
-# default_transaction_read_only` reaches new sessions only), a session the server
-# timed out or ended, a broken protocol. Pooled again, such a connection would fail
-# every later call that a fresh one would serve.
+# The session is gone: the server ended it (57P01 admin shutdown, 57P02 crash
+# shutdown, 57P03 cannot connect now, 57P04 database dropped, 57P05 idle session
+# timeout), or the connection failed (class 08; psycopg's classes for it do not
+# share a base).
+_SESSION_ENDED: Final = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05"})
+# Errors that depend on the connection rather than the statement, besides an ended
+# session: a session stuck read-only (a standby after failover; `ALTER DATABASE ...
+# SET default_transaction_read_only` reaches new sessions only), a transaction the
+# server timed out. Pooled again, such a connection would fail every later call
+# that a fresh one would serve.
 _CONNECTION_AT_FAULT: Final = (
-    *_SESSION_ENDED,
     pge.ReadOnlySqlTransaction,
     pge.IdleInTransactionSessionTimeout,
     pge.TransactionTimeout,
@@ -110,12 +105,18 @@ _SCHEMA: Final = (
 )
 
 
-def discards_connection(exc: psycopg.Error) -> bool:
-    """Whether the connection `exc` came from must be closed, not pooled again."""
+def _session_ended(exc: psycopg.Error) -> bool:
     # A bare OperationalError comes from libpq itself, without an SQLSTATE: the
     # connection failed, not the statement.
-    bare = type(exc) is psycopg.OperationalError
-    return bare or isinstance(exc, _CONNECTION_AT_FAULT)
+    if type(exc) is psycopg.OperationalError:
+        return True
+    state = exc.sqlstate or ""
+    return state.startswith("08") or state in _SESSION_ENDED
+
+
+def discards_connection(exc: psycopg.Error) -> bool:
+    """Whether the connection `exc` came from must be closed, not pooled again."""
+    return isinstance(exc, _CONNECTION_AT_FAULT) or _session_ended(exc)
 
 
 def translate_error(
@@ -153,8 +154,7 @@ def translate_error(
         reason = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
         unreachable = (
             lost
-            or isinstance(exc, _SESSION_ENDED)
-            or type(exc) is psycopg.OperationalError
+            or _session_ended(exc)
             or (
                 isinstance(exc, psycopg_pool.PoolTimeout)
                 and pool is not None
