@@ -38,6 +38,7 @@ from tenantstore import (
     generate_api_key,
     hash_api_key,
 )
+from tenantstore._acompat import AWatchdog, Watchdog
 from tests.polling import DEADLINE, wait_until
 from tests.tcpproxy import TcpProxy, tcp_proxy
 
@@ -418,3 +419,74 @@ def test_pool_sets_statement_timeout(clean_db: str) -> None:
     ):
         assert conn.execute("SHOW statement_timeout").fetchone() == ("2500ms",)
         assert conn.execute("SHOW TimeZone").fetchone() == ("UTC",)
+
+
+# -- the watchdogs themselves --------------------------------------------------------
+
+
+def test_watchdog_shuts_a_hung_call_down_and_spares_a_disarmed_one(
+    clean_db: str,
+) -> None:
+    watchdog = Watchdog()
+    with (
+        psycopg.connect(clean_db, autocommit=True) as spared,
+        psycopg.connect(clean_db, autocommit=True) as hung,
+    ):
+        token = watchdog.arm(spared, 0.05)
+        assert spared.execute("SELECT 1").fetchone() == (1,)
+        assert watchdog.disarm(token) is False
+        token = watchdog.arm(hung, 0.05)
+        with pytest.raises(psycopg.OperationalError):
+            hung.execute("SELECT pg_sleep(5)")
+        assert watchdog.disarm(token) is True
+        assert hung.broken
+        # The thread has run past the first deadline: the disarmed one is intact.
+        assert spared.execute("SELECT 2").fetchone() == (2,)
+
+
+def test_async_watchdog_shuts_a_hung_call_down(
+    clean_db: str, runner: asyncio.Runner
+) -> None:
+    async def scenario() -> None:
+        watchdog = AWatchdog()
+        spared = await psycopg.AsyncConnection.connect(clean_db, autocommit=True)
+        hung = await psycopg.AsyncConnection.connect(clean_db, autocommit=True)
+        async with spared, hung:
+            token = watchdog.arm(spared, 0.05)
+            await spared.execute("SELECT 1")
+            assert watchdog.disarm(token) is False
+            token = watchdog.arm(hung, 0.05)
+            with pytest.raises(psycopg.OperationalError):
+                await hung.execute("SELECT pg_sleep(5)")
+            assert watchdog.disarm(token) is True
+            cur = await spared.execute("SELECT 2")
+            assert await cur.fetchone() == (2,)
+
+    runner.run(scenario())
+
+
+def test_async_caller_cancelled_on_a_frozen_path_returns(
+    proxy: TcpProxy, clean_db: str, runner: asyncio.Runner
+) -> None:
+    # The caller gives up first (wait_for): psycopg then sends a cancel request,
+    # which takes the same frozen path; the call's own deadline still ends its
+    # wait on the connection, and that connection never returns to the pool.
+    async def scenario() -> None:
+        pool = await proxied_apool(proxy, clean_db)
+        try:
+            repo = AsyncPostgresTenantRepository(pool)
+            tenant, key = new_tenant()
+            await repo.create(tenant)
+            await pool.wait(10)
+            proxy.freeze()
+            try:
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(repo.get_by_api_key(key), 0.1)
+            finally:
+                proxy.passthrough()
+            await async_until_works(lambda: repo.get_by_api_key(key), "healed")
+            await assert_apool_healthy(pool)
+        finally:
+            await pool.close()
+
+    runner.run(scenario())
