@@ -490,3 +490,19 @@ def test_async_caller_cancelled_on_a_frozen_path_returns(
             await pool.close()
 
     runner.run(scenario())
+
+
+def test_pool_connections_have_keepalives_unless_the_conninfo_says(
+    clean_db: str,
+) -> None:
+    with (
+        create_pool(clean_db, min_size=1, max_size=1) as pool,
+        pool.connection() as conn,
+    ):
+        assert conn.info.get_parameters().get("keepalives_idle") == "5"
+    url = psycopg.conninfo.make_conninfo(clean_db, keepalives_idle="42")
+    with (
+        create_pool(url, min_size=1, max_size=1) as pool,
+        pool.connection() as conn,
+    ):
+        assert conn.info.get_parameters().get("keepalives_idle") == "42"

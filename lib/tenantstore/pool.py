@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import psycopg
 from psycopg import AsyncConnection, Connection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from ._acompat import AWatchdog, Watchdog
@@ -48,8 +49,28 @@ def _statement_timeout(timeout: float) -> str:
     return f"{max(1, round(timeout * 1000))}ms"
 
 
-def _kwargs(connect_timeout: float, health: PoolHealth) -> Callable[[], dict[str, Any]]:
-    kwargs = {"autocommit": True, "connect_timeout": max(1, round(connect_timeout))}
+# Applied unless the conninfo says otherwise. An idle pooled connection sends
+# nothing, so a host that stopped answering (crashed, partitioned: no ACKs) would be
+# found only by the next call's deadline; with keepalives the kernel marks such a
+# connection failed within idle + interval * count = 11 s, and the next call finds
+# it broken at once (and a read retries on a fresh one). A path that still ACKs
+# (a frozen proxy, a stopped backend) is the deadline's job: keepalives never fire.
+_KEEPALIVES: Final = {
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "3",
+}
+
+
+def _kwargs(
+    conninfo: str, connect_timeout: float, health: PoolHealth
+) -> Callable[[], dict[str, Any]]:
+    given = conninfo_to_dict(conninfo)
+    kwargs: dict[str, Any] = {
+        key: value for key, value in _KEEPALIVES.items() if key not in given
+    }
+    kwargs.update(autocommit=True, connect_timeout=max(1, round(connect_timeout)))
 
     # psycopg_pool resolves a callable `kwargs` before every connection attempt:
     # the hook that tells `PoolHealth` an attempt started.
@@ -120,7 +141,8 @@ def create_pool(
     `statement_timeout`, each statement: past either a repository call raises
     `StoreUnavailable` instead of hanging a request. Repositories built on this pool
     take the same `timeout` by default. `connect_timeout` bounds each connection
-    attempt (the handshake and the session setup).
+    attempt (the handshake and the session setup). Connections get TCP keepalives
+    unless `conninfo` sets them.
     """
     health = PoolHealth()
     pool = ConnectionPool(
@@ -129,7 +151,7 @@ def create_pool(
         max_size=max_size,
         max_lifetime=max_lifetime,
         timeout=timeout,
-        kwargs=_kwargs(connect_timeout, health),
+        kwargs=_kwargs(conninfo, connect_timeout, health),
         configure=_configure(timeout, connect_timeout, health),
         name=name,
         open=False,
@@ -157,7 +179,7 @@ async def create_async_pool(
         max_size=max_size,
         max_lifetime=max_lifetime,
         timeout=timeout,
-        kwargs=_kwargs(connect_timeout, health),
+        kwargs=_kwargs(conninfo, connect_timeout, health),
         configure=_aconfigure(timeout, connect_timeout, health),
         name=name,
         open=False,
