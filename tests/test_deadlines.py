@@ -412,6 +412,12 @@ def test_timeout_must_be_positive_seconds(pool: ConnectionPool, bad: Any) -> Non
         PostgresUsageRepository(pool, timeout=bad)
 
 
+def test_repositories_take_their_pools_timeout(clean_db: str) -> None:
+    with create_pool(clean_db, min_size=1, max_size=1, timeout=2.5) as pool:
+        assert PostgresTenantRepository(pool).timeout == 2.5
+        assert PostgresUsageRepository(pool, timeout=1).timeout == 1.0
+
+
 def test_pool_sets_statement_timeout(clean_db: str) -> None:
     with (
         create_pool(clean_db, min_size=1, max_size=1, timeout=2.5) as pool,

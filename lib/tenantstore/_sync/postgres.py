@@ -117,6 +117,12 @@ class _AsyncPostgres:
         self._deadline = self._timeout + _GRACE
         track_pool(pool)
 
+    @property
+    def timeout(self) -> float:
+        """The call bound, in seconds: the wait for a connection, and the statement's
+        (the server's statement_timeout; no answer `timeout` + 1 s: a dead path)."""
+        return self._timeout
+
     def _run(
         self,
         statement: str,
