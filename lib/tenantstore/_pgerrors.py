@@ -7,11 +7,10 @@ driver's error, so the cause stays inspectable; anything unmapped becomes a plai
 exception class to prove the map total.
 
 Also here: which errors mean the connection, not the statement, is at fault
-(`discards_connection`: such a connection is closed, never pooled again), which mean a
-stale prepared statement or a read-only session (`RETRY_ONCE`: cured and retried
-once, whatever the statement), and the rule that
-tells an unreachable database from a busy one when the pool times out
-(`PoolHealth`, `pool_unreachable`).
+(`discards_connection`: such a connection is closed, never pooled again), which mean
+a stale prepared statement or a read-only session (`RETRY_ONCE`: cured and retried
+once, whatever the statement), and the rule that tells an unreachable database from
+a busy one when the pool times out (`PoolHealth`, `pool_unreachable`).
 
 How unavailability is classified (`DatabaseUnreachable` vs plain `StoreUnavailable`):
 
