@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -39,6 +40,7 @@ from tenantstore import (
     hash_api_key,
 )
 from tenantstore._acompat import AWatchdog, Watchdog
+from tenantstore._pgerrors import PoolHealth
 from tests.polling import DEADLINE, wait_until
 from tests.tcpproxy import TcpProxy, tcp_proxy
 
@@ -512,3 +514,21 @@ def test_pool_connections_have_keepalives_unless_the_conninfo_says(
         pool.connection() as conn,
     ):
         assert conn.info.get_parameters().get("keepalives_idle") == "42"
+
+
+def test_pool_health_rule() -> None:
+    # The bookkeeping behind the rule, step by step (the pool's hooks call these).
+    health = PoolHealth()
+    health.attempting()
+    health.connected()
+    assert not health.unreachable(time.monotonic())  # not trying: busy
+    wait_began = time.monotonic()
+    health.attempting()  # a replacement, started during the wait
+    assert not health.unreachable(wait_began)  # still under way, not failed: busy
+    health.setup_failed()
+    assert health.unreachable(wait_began)  # it failed: unreachable
+    health.connected()
+    assert not health.unreachable(time.monotonic())
+    health.attempting()
+    # Pending since before the wait began (connecting hangs): unreachable.
+    assert health.unreachable(time.monotonic() + 1)

@@ -17,23 +17,26 @@ How unavailability is classified (`DatabaseUnreachable` vs plain `StoreUnavailab
 - **Unreachable**: connecting failed; the connection was lost (the driver marked it
   broken, the server ended the session: class 08, 57P01-57P05); the call's deadline
   passed without an answer (the watchdog shut the socket down: a frozen path, a
-  stopped backend); or the pool timed out *and* it has tried to connect since its
-  last successful connection without one succeeding during the wait.
+  stopped backend); or the pool timed out while it has been trying to connect
+  since its last successful connection, and those attempts failed or have been
+  pending since before the wait began.
 - **Busy** (plain `StoreUnavailable`): the pool timed out while it was not trying
   to connect (every connection is in use and healthy: an exhausted pool, at its
-  max size), or made a connection during the wait (handed to other waiters); a
-  statement timeout (57014), a lock timeout (55P03), a read-only database (25006),
-  anything else the server answered.
+  max size), or while a fresh attempt was pending that has not failed (an expired
+  connection being replaced); a statement timeout (57014), a lock timeout (55P03),
+  a read-only database (25006), anything else the server answered.
 
 A pool timeout cannot be classified from psycopg_pool's exception alone (it says the
-same for both cases), so `create_pool` records each connection attempt and each
-success in a `PoolHealth`. For a pool not made by `create_pool`, its
+same for both cases), so `create_pool` records in a `PoolHealth` when attempts
+start, succeed and fail (psycopg_pool's `connections_errors` counter, plus
+connections that failed their setup). For a pool not made by `create_pool`, its
 `connections_errors` counter is the evidence: unreachable when it grew since the
 repository's previous pool timeout (or since the repository was built).
 """
 
 from __future__ import annotations
 
+import math
 import weakref
 from time import monotonic
 from typing import Any, Final
@@ -171,21 +174,46 @@ def translate_error(
 class PoolHealth:
     """What a pool's connection attempts did lately (kept by `create_pool`'s hooks).
 
-    Times are `time.monotonic()`; written by the pool's worker threads (or tasks),
-    read when a pool wait times out.
+    Written by the pool's workers (an attempt starts, a connection is set up, a
+    setup fails), read when a pool wait times out. Times are `time.monotonic()`.
     """
 
-    __slots__ = ("__weakref__", "last_attempt", "last_success")
+    __slots__ = ("__weakref__", "_errors_then", "_pending_since", "_pool", "_setups")
 
     def __init__(self) -> None:
-        self.last_attempt = -float("inf")
-        self.last_success = -float("inf")
+        self._pool: weakref.ref[Any] | None = None
+        self._pending_since = math.inf  # the first attempt since the last success
+        self._errors_then = 0  # failed attempts counted at the last success
+        self._setups = 0  # connections that failed their setup (not in the stats)
+
+    def bind(self, pool: Any) -> None:
+        self._pool = weakref.ref(pool)
+        _HEALTH[pool] = self
+
+    def _errors(self) -> int:
+        pool = self._pool() if self._pool is not None else None
+        return self._setups + (0 if pool is None else _connection_errors(pool))
 
     def attempting(self) -> None:
-        self.last_attempt = monotonic()
+        if self._pending_since == math.inf:
+            self._pending_since = monotonic()
 
     def connected(self) -> None:
-        self.last_success = monotonic()
+        self._pending_since = math.inf
+        self._errors_then = self._errors()
+
+    def setup_failed(self) -> None:
+        self._setups += 1
+
+    def unreachable(self, wait_began: float) -> bool:
+        if self._pending_since == math.inf:
+            return False  # not trying to connect: every connection is in use
+        errors = self._errors()
+        if errors < self._errors_then:  # reset by `pop_stats()`: any error counts
+            failed = errors > 0
+        else:
+            failed = errors > self._errors_then
+        return failed or self._pending_since < wait_began
 
 
 # Pool -> its health record, or for a foreign pool the connection-error count at
@@ -194,12 +222,10 @@ _HEALTH: weakref.WeakKeyDictionary[Any, PoolHealth] = weakref.WeakKeyDictionary(
 _FOREIGN_ERRORS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
-def track_pool(pool: Any, health: PoolHealth | None = None) -> None:
-    """Start telling unreachable from busy for `pool` (`create_pool` passes `health`;
-    a repository calls it with None for whatever pool it was given)."""
-    if health is not None:
-        _HEALTH[pool] = health
-    elif pool not in _HEALTH and pool not in _FOREIGN_ERRORS:
+def track_pool(pool: Any) -> None:
+    """Start telling unreachable from busy for a pool `create_pool` did not make
+    (a repository calls it for whatever pool it is given)."""
+    if pool not in _HEALTH and pool not in _FOREIGN_ERRORS:
         _FOREIGN_ERRORS[pool] = _connection_errors(pool)
 
 
@@ -225,9 +251,8 @@ def pool_unreachable(pool: Any, waited: float | None = None) -> bool:
         return errors > before or (errors < before and errors > 0)
     if waited is None:
         waited = float(getattr(pool, "timeout", 0.0))
-    wait_began = monotonic() - waited
-    # Trying to connect since the last success, and nothing made during the wait:
-    # connecting fails or hangs. Not trying (at max size, every connection in use)
-    # or succeeding (new connections went to other waiters): merely busy.
-    trying = health.last_attempt >= health.last_success
-    return trying and health.last_success < wait_began
+    # Trying to connect since the last success, and the attempts failed or have
+    # hung since before the wait began: connecting does not work. Not trying (at
+    # max size, every connection in use) or a fresh attempt that has not failed
+    # (an expired connection being replaced): merely busy.
+    return health.unreachable(monotonic() - waited)

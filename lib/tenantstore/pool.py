@@ -20,7 +20,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from ._acompat import AWatchdog, Watchdog
-from ._pgerrors import PoolHealth, track_pool
+from ._pgerrors import PoolHealth
 
 __all__ = ["TIMEOUT", "create_async_pool", "create_pool"]
 
@@ -94,9 +94,11 @@ def _configure(
             conn.execute(_SETUP, params)
         except BaseException:
             _WATCHDOG.disarm(token)
+            health.setup_failed()
             conn.close()
             raise
         if _WATCHDOG.disarm(token):
+            health.setup_failed()
             conn.close()
             raise psycopg.OperationalError("setting up a new connection took too long")
         health.connected()
@@ -115,9 +117,11 @@ def _aconfigure(
             await conn.execute(_SETUP, params)
         except BaseException:
             _AWATCHDOG.disarm(token)
+            health.setup_failed()
             await conn.close()
             raise
         if _AWATCHDOG.disarm(token):
+            health.setup_failed()
             await conn.close()
             raise psycopg.OperationalError("setting up a new connection took too long")
         health.connected()
@@ -156,7 +160,7 @@ def create_pool(
         name=name,
         open=False,
     )
-    track_pool(pool, health)
+    health.bind(pool)
     pool.open()
     return pool
 
@@ -184,6 +188,6 @@ async def create_async_pool(
         name=name,
         open=False,
     )
-    track_pool(pool, health)
+    health.bind(pool)
     await pool.open()
     return pool
