@@ -213,6 +213,10 @@ class _AsyncPostgres:
         except psycopg.Error:
             _WATCHDOG.disarm(alarm)
             return False
+        except BaseException:
+            _WATCHDOG.disarm(alarm)
+            await self._pool.putconn(conn)  # as `_run` does when interrupted
+            raise
         return not _WATCHDOG.disarm(alarm)
 
     async def _execute(

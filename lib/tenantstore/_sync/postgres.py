@@ -214,6 +214,10 @@ class _AsyncPostgres:
         except psycopg.Error:
             _WATCHDOG.disarm(alarm)
             return False
+        except BaseException:
+            _WATCHDOG.disarm(alarm)
+            self._pool.putconn(conn)  # as `_run` does when interrupted
+            raise
         return not _WATCHDOG.disarm(alarm)
 
     def _execute(
