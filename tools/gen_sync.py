@@ -41,6 +41,7 @@ RENAMES = {
     "acurrent": "current",
     "CancelledError": "CancelledError",
     "AFlight": "Flight",
+    "AWatchdog": "Watchdog",
     "AWorker": "Worker",
     "aevent_wait": "event_wait",
     "astop_worker": "stop_worker",

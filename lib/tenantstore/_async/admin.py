@@ -41,7 +41,8 @@ class AsyncPostgresAdminUserRepository(_AsyncPostgres):
     """Admin users in PostgreSQL, through a psycopg pool (as the tenant one).
 
     `actor` is recorded in the audit log as who made each write, unless
-    `acting_as` names someone else; `clock` stamps created_at/updated_at.
+    `acting_as` names someone else; `clock` stamps created_at/updated_at; `timeout`
+    bounds every call as for the tenant repository.
     """
 
     __module__ = "tenantstore"
@@ -54,8 +55,9 @@ class AsyncPostgresAdminUserRepository(_AsyncPostgres):
         clock: Clock | None = None,
         prepare: bool = True,
         actor: str | None = None,
+        timeout: float | None = None,
     ) -> None:
-        super().__init__(pool, clock, prepare)
+        super().__init__(pool, clock, prepare, timeout)
         self._actor = None if actor is None else actor_name(actor)
 
     def _context(self) -> tuple[datetime, dict[str, Any]]:

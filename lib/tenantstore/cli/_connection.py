@@ -62,6 +62,9 @@ class _OneConnection:
     """`getconn`/`putconn` (and `connection()`) over one connection: what the
     repositories ask of a pool. Nothing is pooled or reconnected."""
 
+    # The repositories' call bound (a pool's wait timeout): one command, one bound.
+    timeout = 30.0
+
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
 
