@@ -18,6 +18,8 @@ from typing import Any, Final, Generic, TypeVar, cast
 
 import psycopg
 
+from .errors import StoreUnavailable
+
 __all__ = [
     "AEvent",
     "AFlight",
@@ -100,6 +102,12 @@ async def aoffload(call: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(call, *args)
 
 
+_NO_OUTCOME: Final = (
+    "the lookup this call joined did not finish in time (the store is slow or "
+    "out of reach)"
+)
+
+
 class Flight(Generic[T]):
     """One call whose outcome several threads share (single flight).
 
@@ -126,8 +134,10 @@ class Flight(Generic[T]):
             self._done.set()
         return result
 
-    def wait(self) -> T:
-        self._done.wait()
+    def wait(self, timeout: float | None = None) -> T:
+        """The leader's outcome; `StoreUnavailable` if none within `timeout`."""
+        if not self._done.wait(timeout):
+            raise StoreUnavailable(_NO_OUTCOME)
         if self._error is not None:
             raise self._error
         return cast(T, self._result)
@@ -159,12 +169,19 @@ class AFlight(Generic[T]):
         self._task = asyncio.get_running_loop().create_task(self._call())
         return await self.wait()
 
-    async def wait(self) -> T:
+    async def wait(self, timeout: float | None = None) -> T:  # noqa: ASYNC109  (as Event.wait)
+        """The call's outcome; `StoreUnavailable` if none within `timeout` (the
+        call goes on for whoever else waits)."""
         task = self._task
         assert task is not None, "wait() before lead()"
         self._waiters += 1
         try:
-            return await asyncio.shield(task)
+            if timeout is None:
+                return await asyncio.shield(task)
+            try:
+                return await asyncio.wait_for(asyncio.shield(task), timeout)
+            except TimeoutError:
+                raise StoreUnavailable(_NO_OUTCOME) from None
         finally:
             self._waiters -= 1
             if not self._waiters and not task.done():
