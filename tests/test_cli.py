@@ -58,6 +58,28 @@ def test_status_of_a_new_database(
     ]
 
 
+def test_lock_timeout_and_retries_are_the_operators_to_set(
+    fresh_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrate.up(fresh_db, 1)
+    db = ["--database-url", fresh_db]
+    assert main(["migrate", "up", "--lock-timeout", "0", *db]) == 2
+    assert "lock_timeout" in capsys.readouterr().err
+    with psycopg.connect(fresh_db) as holder:
+        # A long transaction holding a lock 002 needs: the step gives up after
+        # 50 ms, once, and says which flags would wait longer.
+        holder.execute("LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE")
+        argv = ["migrate", "up", "--lock-timeout", "0.05", "--lock-retries", "0"]
+        assert main([*argv, *db]) == 1
+        err = capsys.readouterr().err
+        assert "in 1 attempts" in err
+        assert "--lock-timeout" in err
+        holder.rollback()
+    assert migrate.status(fresh_db).version == 1
+    assert not migrate.status(fresh_db).dirty
+    assert main(["migrate", "up", "--lock-retries", "0", *db]) == 0
+
+
 def test_up_then_status_shows_the_latest_version(
     fresh_db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,6 +27,24 @@ def add_parser(
         "golang-migrate records them.",
     )
     actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+    # How long each DDL step waits for its locks while the services keep serving,
+    # and how often a step that did not get them is tried again.
+    locking = argparse.ArgumentParser(add_help=False)
+    locking.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=migrate.DEFAULT_LOCK_TIMEOUT,
+        metavar="SECONDS",
+        help="longest wait for a lock per step (default %(default)s)",
+    )
+    locking.add_argument(
+        "--lock-retries",
+        type=int,
+        default=migrate.DEFAULT_LOCK_RETRIES,
+        metavar="N",
+        help="tries again after a lock timeout or deadlock (default %(default)s)",
+    )
+    common = [*common, locking]
 
     up = actions.add_parser("up", parents=common, help="apply pending migrations")
     up.add_argument(
@@ -64,7 +82,13 @@ def _print_notice(out: TextIO) -> Callable[[migrate.Notice], None]:
 
 
 def _up(args: argparse.Namespace, url: str) -> int:
-    applied = migrate.up(url, args.target, on_notice=_print_notice(sys.stdout))
+    applied = migrate.up(
+        url,
+        args.target,
+        on_notice=_print_notice(sys.stdout),
+        lock_timeout=args.lock_timeout,
+        lock_retries=args.lock_retries,
+    )
     if not applied:
         print("nothing to apply: already at the target version")
     for version in applied:
@@ -74,7 +98,13 @@ def _up(args: argparse.Namespace, url: str) -> int:
 
 def _down(args: argparse.Namespace, url: str) -> int:
     steps = None if args.all else args.steps
-    rolled_back = migrate.down(url, steps, on_notice=_print_notice(sys.stdout))
+    rolled_back = migrate.down(
+        url,
+        steps,
+        on_notice=_print_notice(sys.stdout),
+        lock_timeout=args.lock_timeout,
+        lock_retries=args.lock_retries,
+    )
     if not rolled_back:
         print("nothing to roll back: no migration is applied")
     for version in rolled_back:
