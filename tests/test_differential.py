@@ -410,6 +410,45 @@ class Differential(RuleBasedStateMachine):
         if timestamp is not None:
             self.times.append(timestamp)
 
+    @rule(
+        items=st.lists(
+            st.tuples(
+                st.one_of(s.ids, s.some_ids),
+                s.request_ids,
+                s.valid_money,
+                st.one_of(st.none(), s.instants),
+            ),
+            max_size=6,
+        ),
+        corrupt=st.one_of(
+            st.none(), st.tuples(st.integers(0, 5), s.corruption(USAGE_FIELDS))
+        ),
+    )
+    def record_many(
+        self,
+        items: list[tuple[str, str, Any, datetime | None]],
+        corrupt: tuple[int, tuple[str, object] | None] | None,
+    ) -> None:
+        batch = [
+            UsageRecord(
+                tenant_id=tenant_id,
+                request_id=request_id,
+                model="gpt-4o",
+                provider="openai",
+                cost_usd=cost,
+                timestamp=timestamp,
+            )
+            for tenant_id, request_id, cost, timestamp in items
+        ]
+        if corrupt is not None and corrupt[1] is not None and batch:
+            position, (field, value) = corrupt[0] % len(batch), corrupt[1]
+            bad: dict[str, Any] = {field: value}
+            batch[position] = dataclasses.replace(batch[position], **bad)
+        kind, value = self.agree(lambda b: b.usage.record_many(batch))
+        if kind == "ok":
+            assert len(value) == len(batch)
+            self.times.extend(r.timestamp for r in batch if r.timestamp is not None)
+
     @rule(tenant_id=s.some_ids, data=st.data())
     def usage(self, tenant_id: str, data: st.DataObject) -> None:
         since = self.since(data)

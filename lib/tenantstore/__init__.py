@@ -32,7 +32,7 @@ from .memory import (
     InMemoryTenantRepository,
     InMemoryUsageRepository,
 )
-from .models import Tenant, UsageRecord
+from .models import RecordOutcome, Tenant, UsageRecord, UsageSummary
 from .pool import create_async_pool, create_pool
 from .repository import (
     AsyncTenantRepository,
@@ -62,6 +62,7 @@ __all__ = [
     "KeyCipher",
     "PostgresTenantRepository",
     "PostgresUsageRepository",
+    "RecordOutcome",
     "StaleVersion",
     "StoreUnavailable",
     "SystemClock",
@@ -72,6 +73,7 @@ __all__ = [
     "TenantStoreError",
     "UsageRecord",
     "UsageRepository",
+    "UsageSummary",
     "__version__",
     "create_async_pool",
     "create_pool",

@@ -18,13 +18,14 @@ from .cipher import KeyCipher, encrypted_key_for_write
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import MODIFIED, CipherError, Conflict, StaleVersion, TenantNotFound
 from .keys import key_matches_hash, lookup_hash
-from .models import Tenant, UsageRecord
+from .models import RecordOutcome, Tenant, UsageRecord
 from .validation import (
     boolean,
     expected_version,
     is_canonical_id,
     is_key_hash,
     tenant_for_write,
+    usage_batch_for_write,
     usage_for_write,
     utc_datetime,
 )
@@ -229,6 +230,25 @@ class InMemoryUsageRepository:
             records[record.request_id] = record
             return True
 
+    def record_many(
+        self, records: builtins.list[UsageRecord]
+    ) -> builtins.list[RecordOutcome]:
+        records = usage_batch_for_write(records, utc(self._clock.now()))
+        state = self._state
+        outcomes = []
+        with state.lock:  # one lock: the batch is one transaction
+            for record in records:
+                if record.tenant_id not in state.tenants:
+                    outcomes.append(RecordOutcome.UNKNOWN_TENANT)
+                    continue
+                stored = state.usage.setdefault(record.tenant_id, {})
+                if record.request_id in stored:
+                    outcomes.append(RecordOutcome.DUPLICATE)
+                    continue
+                stored[record.request_id] = record
+                outcomes.append(RecordOutcome.INSERTED)
+        return outcomes
+
     def get_tenant_usage(
         self, tenant_id: str, since: datetime
     ) -> builtins.list[UsageRecord]:
@@ -322,6 +342,11 @@ class AsyncInMemoryUsageRepository:
 
     async def record(self, record: UsageRecord) -> bool:
         return self.sync.record(record)
+
+    async def record_many(
+        self, records: builtins.list[UsageRecord]
+    ) -> builtins.list[RecordOutcome]:
+        return self.sync.record_many(records)
 
     async def get_tenant_usage(
         self, tenant_id: str, since: datetime

@@ -27,6 +27,7 @@ __all__ = [
     "is_key_hash",
     "money",
     "tenant_for_write",
+    "usage_batch_for_write",
     "usage_for_write",
     "utc_datetime",
 ]
@@ -231,3 +232,28 @@ def usage_for_write(record: object, now: datetime | None = None) -> UsageRecord:
         status=text("status", record.status, 20, allow_blank=False),
         timestamp=timestamp,
     )
+
+
+def usage_batch_for_write(records: object, now: datetime) -> list[UsageRecord]:
+    """Validate every record of a batch, or raise for the first invalid one.
+
+    The field is named with the record's position (``records[3].cost_usd``), so
+    nothing of the batch is written when any of it is invalid.
+    """
+    if isinstance(records, str | bytes | UsageRecord) or not isinstance(
+        records, Sequence
+    ):
+        raise InvalidInput("records", "must be a list or tuple of UsageRecord")
+    valid = []
+    for position, record in enumerate(records):
+        try:
+            valid.append(usage_for_write(record, now))
+        except InvalidInput as exc:
+            field = f"records[{position}]"
+            if exc.field != "record":
+                field = f"{field}.{exc.field}"
+            error = InvalidInput(field, exc.rule)
+        else:
+            continue
+        raise error  # outside the handler: no chain to the inner error
+    return valid

@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from ..models import Tenant, UsageRecord
+from ..models import RecordOutcome, Tenant, UsageRecord
 
 
 class AsyncTenantRepository(Protocol):
@@ -100,6 +100,20 @@ class AsyncUsageRepository(Protocol):
         """Store the record; False if (tenant_id, request_id) was recorded already.
 
         Raises `TenantNotFound` when the tenant does not exist.
+        """
+        ...
+
+    async def record_many(
+        self, records: builtins.list[UsageRecord]
+    ) -> builtins.list[RecordOutcome]:
+        """Store a batch in one transaction; one outcome per record, in input order.
+
+        INSERTED, DUPLICATE (stored before, or earlier in this batch) or
+        UNKNOWN_TENANT; the rest of the batch is written whatever happens to its
+        tenants meanwhile. An invalid record raises `InvalidInput` naming it
+        (``records[3].cost_usd``) before anything is written. `StoreUnavailable`
+        means nothing of the batch was committed (or, if only the answer was
+        lost, all of it): retrying is safe, the batch being idempotent.
         """
         ...
 

@@ -11,7 +11,7 @@ lookup that cannot match (a malformed id or hash) answers without a query.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
@@ -22,18 +22,27 @@ from psycopg_pool import ConnectionPool
 
 from .. import _sql
 from .._pgerrors import translate_error
-from .._rows import tenant_from_row, tenant_params, usage_from_row, usage_params, utc
+from .._rows import (
+    batch_outcomes,
+    tenant_from_row,
+    tenant_params,
+    usage_batch_rows,
+    usage_from_row,
+    usage_params,
+    utc,
+)
 from ..cipher import KeyCipher, encrypted_key_for_write
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import MODIFIED, CipherError, StaleVersion, TenantNotFound
 from ..keys import key_matches_hash, lookup_hash
-from ..models import Tenant, UsageRecord
+from ..models import RecordOutcome, Tenant, UsageRecord
 from ..validation import (
     boolean,
     expected_version,
     is_canonical_id,
     is_key_hash,
     tenant_for_write,
+    usage_batch_for_write,
     usage_for_write,
     utc_datetime,
 )
@@ -117,6 +126,44 @@ class _AsyncPostgres:
                     # Not one of ours (see `create_async_pool`): its own transaction.
                     with conn.transaction():
                         return self._execute(conn, statement, params, fetch)
+                finally:
+                    pool.putconn(conn)
+            except psycopg.Error as exc:
+                if retry and conn is not None and conn.broken:
+                    retry = False
+                    continue
+                raise translate_error(exc) from exc
+
+    def _run_copy(
+        self,
+        setup: str,
+        copy: str,
+        rows: Sequence[Sequence[Any]],
+        statement: str,
+    ) -> Any:
+        """`setup`, COPY `rows` in, then `statement`, in one transaction; its first
+        column of its first row. Driver errors become ours.
+
+        Beside `_run` for what takes several statements (record_many). It retries
+        once on a broken connection, as `_run` does for idempotent statements:
+        only callers whose transaction is idempotent use it.
+        """
+        pool = self._pool
+        retry = True
+        while True:
+            conn = None
+            try:
+                conn = pool.getconn()
+                try:
+                    with conn.transaction():
+                        conn.execute(setup)
+                        with conn.cursor().copy(copy) as pipe:
+                            for row in rows:
+                                pipe.write_row(row)
+                        cur = conn.execute(statement, prepare=self._prepare)
+                        first = cur.fetchone()
+                        assert first is not None
+                        return first[0]
                 finally:
                     pool.putconn(conn)
             except psycopg.Error as exc:
@@ -312,6 +359,21 @@ class PostgresUsageRepository(_AsyncPostgres):
             retry=True,
         )
         return inserted == 1
+
+    def record_many(
+        self, records: builtins.list[UsageRecord]
+    ) -> builtins.list[RecordOutcome]:
+        records = usage_batch_for_write(records, utc(self._clock.now()))
+        if not records:
+            return []
+        rows, where, repeated = usage_batch_rows(records)
+        codes = self._run_copy(
+            _sql.USAGE_BATCH_SETUP,
+            _sql.COPY_USAGE_BATCH,
+            rows,
+            _sql.INSERT_USAGE_BATCH,
+        )
+        return batch_outcomes(codes, where, repeated)
 
     def get_tenant_usage(
         self, tenant_id: str, since: datetime
