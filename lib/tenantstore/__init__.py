@@ -9,10 +9,13 @@ import logging as _logging
 from ._async.cache import AsyncCachedTenantRepository
 from ._async.listener import AsyncTenantCacheListener
 from ._async.postgres import AsyncPostgresTenantRepository, AsyncPostgresUsageRepository
+from ._async.writer import AsyncUsageWriter
 from ._cachestate import CacheStats
 from ._sync.cache import CachedTenantRepository
 from ._sync.listener import TenantCacheListener
 from ._sync.postgres import PostgresTenantRepository, PostgresUsageRepository
+from ._sync.writer import UsageWriter
+from ._writerstate import UsageWriterStats
 from .cipher import KeyCipher
 from .clock import Clock, SystemClock
 from .errors import (
@@ -50,6 +53,7 @@ __all__ = [
     "AsyncTenantCacheListener",
     "AsyncTenantRepository",
     "AsyncUsageRepository",
+    "AsyncUsageWriter",
     "CacheStats",
     "CachedTenantRepository",
     "CipherError",
@@ -74,6 +78,8 @@ __all__ = [
     "UsageRecord",
     "UsageRepository",
     "UsageSummary",
+    "UsageWriter",
+    "UsageWriterStats",
     "__version__",
     "create_async_pool",
     "create_pool",
