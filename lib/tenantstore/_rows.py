@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from ._sql import TENANT_COLUMNS, USAGE_COLUMNS
-from .models import RecordOutcome, Tenant, UsageRecord
+from .models import RecordOutcome, Tenant, UsageRecord, UsageSummary
 
 
 def utc(value: datetime) -> datetime:
@@ -183,3 +183,16 @@ def batch_outcomes(
             outcome = RecordOutcome.DUPLICATE
         outcomes.append(outcome)
     return outcomes
+
+
+def summary_from_row(row: tuple[Any, ...]) -> UsageSummary:
+    """A UsageSummary from a row of `_sql.SELECT_USAGE_SUMMARY` (sums of bigint
+    come back as numeric)."""
+    return UsageSummary(
+        day=row[0],
+        model=row[1],
+        records=int(row[2]),
+        input_tokens=int(row[3]),
+        output_tokens=int(row[4]),
+        cost_usd=row[5],
+    )

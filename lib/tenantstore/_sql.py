@@ -239,8 +239,9 @@ SELECT_TOTAL_COST_SINCE: Final[str] = (
     .get_sql()
 )
 
-# The same total from the daily totals (migration 004): the rows of the partial
-# first day, [since, boundary), plus whole UTC days from boundary_day on.
+# The same total from the daily totals (migrations 004, 012): the rows of the
+# partial first day, [since, boundary), plus whole UTC days from boundary_day on
+# (every model and shard of each day).
 _partial_day = (
     Query.from_(usage)
     .select(_fn.Sum(usage.cost_usd))
@@ -321,3 +322,41 @@ SELECT array_agg(
   LEFT JOIN added AS a
          ON a.tenant_id = b.tenant_id AND a.request_id = b.request_id
 """
+
+
+# get_tenant_usage_summary: whole UTC days from the totals (migration 012), every
+# shard of a (day, model) summed. A group whose records were all deleted keeps a
+# row of zeros: it is left out, as grouping the rows would leave it out.
+def _summary(bounded: bool) -> str:
+    query = (
+        Query.from_(daily)
+        .select(
+            daily.day,
+            daily.model,
+            _fn.Sum(daily.records),
+            _fn.Sum(daily.input_tokens),
+            _fn.Sum(daily.output_tokens),
+            _fn.Sum(daily.cost_usd),
+        )
+        .where(daily.tenant_id == _p("tenant_id"))
+        .where(daily.day >= _p("since"))
+    )
+    if bounded:
+        query = query.where(daily.day < _p("until"))
+    return str(
+        query.groupby(daily.day, daily.model)
+        .having(_fn.Sum(daily.records) != 0)
+        .orderby(daily.day, order=Order.asc)
+        .orderby(LiteralValue('"model" COLLATE "C"'), order=Order.asc)
+        .get_sql()
+    )
+
+
+SELECT_USAGE_SUMMARY: Final[str] = _summary(bounded=False)
+SELECT_USAGE_SUMMARY_UNTIL: Final[str] = _summary(bounded=True)
+
+# prune_usage: one batch per call of migration 012's function (see there).
+_prune = CustomFunction("tenantstore_prune_usage", ["before", "batch"])
+PRUNE_USAGE_BATCH: Final[str] = Query.select(
+    _prune(_p("before"), _p("batch"))
+).get_sql()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Final
 
@@ -30,6 +30,7 @@ __all__ = [
     "usage_batch_for_write",
     "usage_for_write",
     "utc_datetime",
+    "utc_day",
 ]
 
 INT_MAX: Final = 2**31 - 1
@@ -166,6 +167,15 @@ def utc_datetime(field: str, value: object) -> datetime:
         return value.astimezone(UTC)
     except OverflowError:
         raise InvalidInput(field, "is out of the representable range") from None
+
+
+def utc_day(field: str, value: object) -> date:
+    """A `date` (a UTC day); a datetime is an error, not silently cut to its day."""
+    if isinstance(value, datetime) or not isinstance(value, date):
+        raise InvalidInput(
+            field, f"must be a date (a UTC day), not {type(value).__name__}"
+        )
+    return value
 
 
 def tenant_for_write(tenant: object) -> Tenant:

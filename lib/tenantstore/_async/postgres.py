@@ -23,6 +23,7 @@ from .. import _sql
 from .._pgerrors import translate_error
 from .._rows import (
     batch_outcomes,
+    summary_from_row,
     tenant_from_row,
     tenant_params,
     usage_batch_rows,
@@ -34,7 +35,7 @@ from ..cipher import KeyCipher, encrypted_key_for_write
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import MODIFIED, CipherError, StaleVersion, TenantNotFound
 from ..keys import key_matches_hash, lookup_hash
-from ..models import RecordOutcome, Tenant, UsageRecord
+from ..models import RecordOutcome, Tenant, UsageRecord, UsageSummary
 from ..validation import (
     boolean,
     expected_version,
@@ -44,12 +45,16 @@ from ..validation import (
     usage_batch_for_write,
     usage_for_write,
     utc_datetime,
+    utc_day,
 )
 
 __all__ = ["AsyncPostgresTenantRepository", "AsyncPostgresUsageRepository"]
 
 _ZERO: Final = Decimal("0")
 _ONE_DAY: Final = timedelta(days=1)
+# Rows per prune_usage transaction: short enough to hold few locks for little
+# time, long enough that the per-batch round trip does not matter.
+PRUNE_BATCH: Final = 5000
 
 
 def _not_found() -> TenantNotFound:
@@ -400,3 +405,34 @@ class AsyncPostgresUsageRepository(_AsyncPostgres):
         assert row is not None
         total: Decimal = row[0]
         return total
+
+    async def get_tenant_usage_summary(
+        self, tenant_id: str, since: date, until: date | None = None
+    ) -> builtins.list[UsageSummary]:
+        since = utc_day("since", since)
+        if until is not None:
+            until = utc_day("until", until)
+        if not is_canonical_id(tenant_id):
+            return []
+        if until is None:
+            statement = _sql.SELECT_USAGE_SUMMARY
+            params: dict[str, Any] = {"tenant_id": tenant_id, "since": since}
+        else:
+            statement = _sql.SELECT_USAGE_SUMMARY_UNTIL
+            params = {"tenant_id": tenant_id, "since": since, "until": until}
+        rows = await self._run(statement, params, ALL, retry=True)
+        return [summary_from_row(row) for row in rows]
+
+    async def prune_usage(self, before: datetime) -> int:
+        before = utc_datetime("before", before)
+        params = {"before": before, "batch": PRUNE_BATCH}
+        pruned = 0
+        while True:
+            # Each batch commits on its own: not retried on a broken connection,
+            # where it may have committed unseen.
+            row = await self._run(_sql.PRUNE_USAGE_BATCH, params, ONE, retry=False)
+            assert row is not None
+            deleted: int = row[0]
+            pruned += deleted
+            if deleted < PRUNE_BATCH:
+                return pruned

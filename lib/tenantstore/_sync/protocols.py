@@ -8,11 +8,11 @@ results, order and errors; the differential tests hold them to it.
 from __future__ import annotations
 
 import builtins
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Protocol
 
-from ..models import RecordOutcome, Tenant, UsageRecord
+from ..models import RecordOutcome, Tenant, UsageRecord, UsageSummary
 
 
 class TenantRepository(Protocol):
@@ -126,4 +126,27 @@ class UsageRepository(Protocol):
 
     def get_tenant_total_cost(self, tenant_id: str, since: datetime) -> Decimal:
         """Exact sum of cost_usd since `since` (inclusive); Decimal("0") if none."""
+        ...
+
+    def get_tenant_usage_summary(
+        self, tenant_id: str, since: date, until: date | None = None
+    ) -> builtins.list[UsageSummary]:
+        """Usage per UTC day and model for days `since` <= day < `until` (no end
+        when None), day ascending then model (by code point).
+
+        Read from the daily totals (days x models, never a scan of rows), so it
+        counts records `prune_usage` removed. `since` and `until` are dates: a
+        datetime is `InvalidInput`.
+        """
+        ...
+
+    def prune_usage(self, before: datetime) -> int:
+        """Delete records older than `before`; return how many.
+
+        Deletes in batches, each its own short transaction that skips rows other
+        transactions hold, so writers are never blocked. The daily totals keep
+        counting the pruned records: budgets (`get_tenant_total_cost` from a
+        midnight) and summaries do not change. A `since` inside a pruned day
+        counts that day's remaining rows only.
+        """
         ...
