@@ -5,6 +5,7 @@ from __future__ import annotations
 from benchmarks import (
     scenarios_async,
     scenarios_cache,
+    scenarios_pipeline,
     scenarios_revocation,
     scenarios_tenants,
     scenarios_usage,
@@ -18,6 +19,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     *scenarios_revocation.SCENARIOS,
     *scenarios_tenants.SCENARIOS,
     *scenarios_usage.SCENARIOS,
+    *scenarios_pipeline.SCENARIOS,
     *scenarios_async.SCENARIOS,
 )
 

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -176,7 +177,7 @@ def test_close_during_an_outage_keeps_the_records_in_the_spool(
 ) -> None:
     tenants = InMemoryTenantRepository()
     tenant = tenants.create(new_tenant())
-    usage = Switch(InMemoryUsageRepository(tenants))
+    usage: Any = Switch(InMemoryUsageRepository(tenants))
     usage.down = True
     writer = UsageWriter(usage, max_delay=0, spool=tmp_path)
     for i in range(5):

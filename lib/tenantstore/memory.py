@@ -256,6 +256,12 @@ class InMemoryUsageRepository:
         self, records: builtins.list[UsageRecord]
     ) -> builtins.list[RecordOutcome]:
         records = usage_batch_for_write(records, utc(self._clock.now()))
+        return self._record_many_validated(records)
+
+    def _record_many_validated(
+        self, records: builtins.list[UsageRecord]
+    ) -> builtins.list[RecordOutcome]:
+        """`record_many` for records `usage_for_write` returned (the writer's)."""
         state = self._state
         outcomes = []
         with state.lock:  # one lock: the batch is one transaction

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg import errors as pge
 from psycopg_pool import AsyncConnectionPool
 
 from .. import _sql
@@ -55,6 +56,8 @@ _ONE_DAY: Final = timedelta(days=1)
 # Rows per prune_usage transaction: short enough to hold few locks for little
 # time, long enough that the per-batch round trip does not matter.
 PRUNE_BATCH: Final = 5000
+# After a batch that could not be copied straight in, this many go the careful way.
+_CAREFUL_BATCHES: Final = 16
 
 
 def _not_found() -> TenantNotFound:
@@ -170,6 +173,38 @@ class _AsyncPostgres:
                         return first[0]
                 finally:
                     await pool.putconn(conn)
+            except psycopg.Error as exc:
+                if retry and conn is not None and conn.broken:
+                    retry = False
+                    continue
+                raise translate_error(exc) from exc
+
+    async def _copy_if_clean(self, copy: str, rows: Sequence[Sequence[Any]]) -> bool:
+        """COPY `rows` in, in one transaction; False, with nothing written, when a
+        unique or foreign key fails (a row that is there already, a tenant that is
+        not). Other driver errors become ours.
+
+        Beside `_run`, as `_run_copy` is, with the same one retry on a broken
+        connection: a COPY that failed wrote nothing.
+        """
+        pool = self._pool
+        retry = True
+        while True:
+            conn = None
+            try:
+                conn = await pool.getconn()
+                try:
+                    async with (
+                        conn.transaction(),
+                        conn.cursor().copy(copy) as pipe,
+                    ):
+                        for row in rows:
+                            await pipe.write_row(row)
+                    return True
+                finally:
+                    await pool.putconn(conn)
+            except (pge.UniqueViolation, pge.ForeignKeyViolation):
+                return False
             except psycopg.Error as exc:
                 if retry and conn is not None and conn.broken:
                     retry = False
@@ -343,7 +378,7 @@ class AsyncPostgresUsageRepository(_AsyncPostgres):
     """Usage records in PostgreSQL; `record` is idempotent on (tenant, request)."""
 
     __module__ = "tenantstore"
-    __slots__ = ()
+    __slots__ = ("_careful_batches",)
 
     def __init__(
         self,
@@ -353,6 +388,7 @@ class AsyncPostgresUsageRepository(_AsyncPostgres):
         prepare: bool = True,
     ) -> None:
         super().__init__(pool, clock, prepare)
+        self._careful_batches = 0
 
     async def record(self, record: UsageRecord) -> bool:
         record = usage_for_write(record, utc(self._clock.now()))
@@ -368,9 +404,28 @@ class AsyncPostgresUsageRepository(_AsyncPostgres):
         self, records: builtins.list[UsageRecord]
     ) -> builtins.list[RecordOutcome]:
         records = usage_batch_for_write(records, utc(self._clock.now()))
+        return await self._record_many_validated(records)
+
+    async def _record_many_validated(
+        self, records: builtins.list[UsageRecord]
+    ) -> builtins.list[RecordOutcome]:
+        """`record_many` for records `usage_for_write` returned (the writer's)."""
         if not records:
             return []
         rows, where, repeated = usage_batch_rows(records)
+        # Most batches are all new records of existing tenants: COPY them straight
+        # into usage_records (raw COPY's speed). A batch that trips the unique
+        # index or the foreign key is rolled back whole and written the careful
+        # way, per record; and so are the next few, since batches that hold
+        # retries or unknown tenants tend to come in runs.
+        if self._careful_batches:
+            self._careful_batches -= 1
+        elif await self._copy_if_clean(
+            _sql.COPY_USAGE_DIRECT, [row[1:] for row in rows]
+        ):
+            return batch_outcomes([0] * len(rows), where, repeated)
+        else:
+            self._careful_batches = _CAREFUL_BATCHES
         codes = await self._run_copy(
             _sql.USAGE_BATCH_SETUP,
             _sql.COPY_USAGE_BATCH,

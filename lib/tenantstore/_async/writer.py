@@ -60,7 +60,9 @@ class _AsyncWriterCore:
         on_rejected: OnRejected | None,
         wake: AEvent,
     ) -> None:
-        self.usage = usage
+        # Records in the queue passed `usage_for_write` in `submit` (or in the
+        # spool's replay): our repositories take them without validating again.
+        self.record_many = getattr(usage, "_record_many_validated", usage.record_many)
         self.queue = queue
         self.spool = spool
         self.max_delay = max_delay
@@ -100,7 +102,7 @@ class _AsyncWriterCore:
         attempt = 0
         while True:
             try:
-                outcomes = await self.usage.record_many(batch)
+                outcomes = await self.record_many(batch)
             except Exception as exc:
                 attempt += 1
                 self.queue.retries += 1

@@ -61,7 +61,9 @@ class _WriterCore:
         on_rejected: OnRejected | None,
         wake: Event,
     ) -> None:
-        self.usage = usage
+        # Records in the queue passed `usage_for_write` in `submit` (or in the
+        # spool's replay): our repositories take them without validating again.
+        self.record_many = getattr(usage, "_record_many_validated", usage.record_many)
         self.queue = queue
         self.spool = spool
         self.max_delay = max_delay
@@ -101,7 +103,7 @@ class _WriterCore:
         attempt = 0
         while True:
             try:
-                outcomes = self.usage.record_many(batch)
+                outcomes = self.record_many(batch)
             except Exception as exc:
                 attempt += 1
                 self.queue.retries += 1
