@@ -48,7 +48,8 @@ CHILD = textwrap.dedent(
 
     url, tenant_id, n, style, spool = sys.argv[1:6]
     spool = spool or None
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if style != "unhandled":  # Python's default: SIGTERM kills, atexit never runs
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
     def records():
         for i in range(int(n)):
@@ -66,7 +67,25 @@ CHILD = textwrap.dedent(
             time.sleep(1)
 
     settings = dict(max_batch=100, max_delay=3600, spool=spool)
-    if style == "with":  # what a lifespan hook or `with` block in main does
+    if style == "async":  # an asyncio server: SIGTERM ends serving, then shutdown
+        import asyncio
+        from tenantstore import AsyncPostgresUsageRepository, AsyncUsageWriter
+        from tenantstore import create_async_pool
+
+        async def main():
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+            async with await create_async_pool(url, min_size=1, max_size=2) as pool:
+                usage = AsyncPostgresUsageRepository(pool)
+                async with AsyncUsageWriter(usage, **settings) as writer:
+                    for r in records():
+                        writer.submit(r)
+                    print("submitted", flush=True)
+                    await stop.wait()
+
+        asyncio.run(main())
+    elif style == "with":  # what a lifespan hook or `with` block in main does
         with create_pool(url, min_size=1, max_size=2) as pool:
             with UsageWriter(PostgresUsageRepository(pool), **settings) as writer:
                 serve(writer)
@@ -115,7 +134,7 @@ def tenant_id(clean_db: str) -> str:
         return PostgresTenantRepository(pool).create(new_tenant()).id
 
 
-@pytest.mark.parametrize("style", ["atexit", "with"])
+@pytest.mark.parametrize("style", ["atexit", "with", "async"])
 def test_sigterm_handled_as_servers_do_loses_nothing(
     clean_db: str, tenant_id: str, style: str
 ) -> None:
@@ -128,16 +147,21 @@ def test_sigterm_handled_as_servers_do_loses_nothing(
     assert sorted(requests) == sorted(f"r{i}" for i in range(1050))
 
 
-def test_sigkill_without_a_spool_loses_what_was_pending(
-    clean_db: str, tenant_id: str
+@pytest.mark.parametrize("how", ["SIGKILL", "unhandled SIGTERM"])
+def test_a_kill_without_a_spool_loses_what_was_pending(
+    clean_db: str, tenant_id: str, how: str
 ) -> None:
-    with child_process(clean_db, tenant_id, 1050, "atexit") as child:
+    style = "unhandled" if how == "unhandled SIGTERM" else "atexit"
+    with child_process(clean_db, tenant_id, 1050, style) as child:
         wait_for_line(child, "submitted")
         wait_until(
             lambda: len(stored_requests(clean_db)) == 1000, "the full batches are in"
         )
-        child.kill()
-        child.wait(timeout=60)
+        if how == "SIGKILL":
+            child.kill()
+        else:
+            child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=60) < 0  # killed by the signal
     assert len(stored_requests(clean_db)) == 1000  # the 50 pending are lost
 
 
