@@ -22,6 +22,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from tenantstore import (
     InMemoryTenantRepository,
@@ -33,8 +35,9 @@ from tenantstore import (
     UsageWriter,
     create_pool,
 )
-from tenantstore._spool import Spool
+from tenantstore._spool import Spool, decode, encode
 from tenantstore.validation import usage_for_write
+from tests import strategies as s
 from tests.polling import wait_until
 from tests.test_writer import Switch, new_tenant, record
 
@@ -193,7 +196,12 @@ def test_sigkill_with_a_spool_loses_no_record_whose_submit_returned(
     requests = stored_requests(clean_db)
     assert len(requests) == len(set(requests))  # nothing twice
     assert {f"r{i}" for i in range(returned)} <= set(requests)
-    assert not any(p.stat().st_size for p in spool.glob("*.log"))  # truncated
+    emptied = Spool(spool)  # what was written is gone from the spool
+    try:
+        assert emptied.pending == []
+        assert len(list(spool.glob("*.log"))) == 1  # the new, live segment
+    finally:
+        emptied.close()
 
 
 def test_close_during_an_outage_keeps_the_records_in_the_spool(
@@ -217,18 +225,27 @@ def test_close_during_an_outage_keeps_the_records_in_the_spool(
     ]
 
 
-def test_a_torn_last_record_is_skipped_and_counted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["cut short", "garbled"])
+def test_a_torn_last_record_is_skipped_and_counted(tmp_path: Path, damage: str) -> None:
     tenant_id = str(uuid.uuid4())
+    records = [
+        usage_for_write(record(tenant_id, f"r{i}"), datetime.now(UTC)) for i in range(3)
+    ]
     spool = Spool(tmp_path)
-    for i in range(3):
-        spool.append(usage_for_write(record(tenant_id, f"r{i}"), datetime.now(UTC)))
+    for r in records:
+        spool.append(r)
     spool.close()
     (segment,) = tmp_path.glob("*.log")
-    data = segment.read_bytes()
-    segment.write_bytes(data[: len(data) - 7])  # the crash cut the last line short
+    first, second, third = (len(encode(r)) for r in records)
+    with segment.open("r+b") as file:
+        if damage == "cut short":  # the crash came in the middle of the last write
+            file.truncate(first + second + third // 2)
+        else:
+            file.seek(first + second + third - 3)
+            file.write(b"???")
     again = Spool(tmp_path)
     try:
-        assert [r.request_id for r in again.pending] == ["r0", "r1"]
+        assert again.pending == records[:2]
         assert again.skipped == 1
     finally:
         again.close()
@@ -242,3 +259,35 @@ def test_two_live_writers_on_one_spool_are_refused(tmp_path: Path) -> None:
         assert info.value.field == "spool"
     with UsageWriter(usage, spool=tmp_path):  # released by close
         pass
+
+
+@given(
+    request_id=st.text(min_size=1, max_size=255).filter(
+        lambda t: t.strip() and "\x00" not in t
+    ),
+    model=st.text(max_size=255).filter(lambda t: "\x00" not in t),
+    tokens=st.integers(0, 2**31 - 1),
+    cost=s.valid_money,
+    cached=st.booleans(),
+    timestamp=s.instants,
+)
+def test_every_record_round_trips_through_the_spool_format(
+    request_id: str, model: str, tokens: int, cost: Any, cached: bool, timestamp: Any
+) -> None:
+    try:
+        stamped = usage_for_write(
+            record(
+                str(uuid.uuid4()),
+                request_id,
+                model=model,
+                input_tokens=tokens,
+                cost_usd=cost,
+                cached=cached,
+                timestamp=timestamp,
+            )
+        )
+    except InvalidInput:
+        assume(False)  # lone surrogates: never submitted, so never spooled
+        raise
+    frame = encode(stamped)
+    assert decode(frame[8:]) == stamped
