@@ -96,6 +96,7 @@ class WriterQueue:
         "retries",
         "submitted",
         "urgent",
+        "wake_on_first",
         "written",
     )
 
@@ -107,6 +108,7 @@ class WriterQueue:
         clock: Clock,
         spool: Spool | None,
         wake: Callable[[], None],
+        wake_on_first: bool = False,
     ) -> None:
         if not (isinstance(max_batch, int) and max_batch >= 1):
             raise InvalidInput("max_batch", "must be an int of at least 1")
@@ -117,6 +119,7 @@ class WriterQueue:
         self._clock = clock
         self._spool = spool
         self._wake = wake
+        self.wake_on_first = wake_on_first  # for a max_delay of 0: no idle ticks
         self._lock = threading.Lock()
         self._queue: deque[UsageRecord] = deque()
         self.in_flight = 0  # records taken and not yet settled
@@ -149,12 +152,13 @@ class WriterQueue:
             queue.append(record)
             self.submitted += 1
             pending = len(queue)
-        # Wake the flusher only when it has a reason to act: the first record of a
-        # batch starts its max_delay, a full batch is due at once.
-        if pending == 1:
-            self.oldest = time.monotonic()
-            self._wake()
-        elif pending == self.max_batch:
+            if pending == 1:
+                self.oldest = time.monotonic()
+        # Wake the flusher only for a full batch (due at once): an idle flusher
+        # looks every max_delay by itself, so a record is still written within
+        # max_delay, and submit spares a thread switch (and, in the sync writer,
+        # a hand-over of the GIL) that costs more than the rest of it.
+        if pending == self.max_batch or (pending == 1 and self.wake_on_first):
             self._wake()
 
     @property

@@ -86,7 +86,9 @@ class _AsyncWriterCore:
                 if not queue.queued:
                     if queue.closed:
                         break
-                    await aevent_wait(self.wake, None)
+                    # Idle: look again within max_delay (submit does not wake
+                    # us for a first record, see WriterQueue.submit).
+                    await aevent_wait(self.wake, self.max_delay or None)
                     continue
                 due = queue.due(time.monotonic(), self.max_delay)
                 if due > 0:
@@ -270,6 +272,7 @@ class AsyncUsageWriter:
                 clock=clock or SYSTEM_CLOCK,
                 spool=log,
                 wake=wake.set,
+                wake_on_first=not max_delay,
             )
         except BaseException:
             if log is not None:

@@ -87,7 +87,9 @@ class _WriterCore:
                 if not queue.queued:
                     if queue.closed:
                         break
-                    event_wait(self.wake, None)
+                    # Idle: look again within max_delay (submit does not wake
+                    # us for a first record, see WriterQueue.submit).
+                    event_wait(self.wake, self.max_delay or None)
                     continue
                 due = queue.due(time.monotonic(), self.max_delay)
                 if due > 0:
@@ -271,6 +273,7 @@ class UsageWriter:
                 clock=clock or SYSTEM_CLOCK,
                 spool=log,
                 wake=wake.set,
+                wake_on_first=not max_delay,
             )
         except BaseException:
             if log is not None:
