@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -222,6 +222,8 @@ class Differential(RuleBasedStateMachine):
         self.history: list[Tenant] = []  # every version seen, for stale updates
         # Instants that occur in the stores, so `since` hits them exactly.
         self.times: list[datetime] = [self.clock.now()]
+        # Once records are pruned, totals count more than the rows left.
+        self.pruned = False
 
     def agree(self, op: Callable[[Backend], Any]) -> Outcome:
         """The outcome (in normal form) all backends agree on."""
@@ -476,6 +478,45 @@ class Differential(RuleBasedStateMachine):
         if timestamp is not None:
             self.times.append(timestamp)
 
+    @rule(
+        items=st.lists(
+            st.tuples(
+                st.one_of(s.ids, s.some_ids),
+                s.request_ids,
+                s.valid_money,
+                st.one_of(st.none(), s.instants),
+            ),
+            max_size=6,
+        ),
+        corrupt=st.one_of(
+            st.none(), st.tuples(st.integers(0, 5), s.corruption(USAGE_FIELDS))
+        ),
+    )
+    def record_many(
+        self,
+        items: list[tuple[str, str, Any, datetime | None]],
+        corrupt: tuple[int, tuple[str, object] | None] | None,
+    ) -> None:
+        batch = [
+            UsageRecord(
+                tenant_id=tenant_id,
+                request_id=request_id,
+                model="gpt-4o",
+                provider="openai",
+                cost_usd=cost,
+                timestamp=timestamp,
+            )
+            for tenant_id, request_id, cost, timestamp in items
+        ]
+        if corrupt is not None and corrupt[1] is not None and batch:
+            position, (field, value) = corrupt[0] % len(batch), corrupt[1]
+            bad: dict[str, Any] = {field: value}
+            batch[position] = dataclasses.replace(batch[position], **bad)
+        kind, value = self.agree(lambda b: b.usage.record_many(batch))
+        if kind == "ok":
+            assert len(value) == len(batch)
+            self.times.extend(r.timestamp for r in batch if r.timestamp is not None)
+
     @rule(tenant_id=s.some_ids, data=st.data())
     def usage(self, tenant_id: str, data: st.DataObject) -> None:
         since = self.since(data)
@@ -492,7 +533,48 @@ class Differential(RuleBasedStateMachine):
         if kind == "ok":
             assert isinstance(value, Decimal)
             records = self.backends[0].usage.get_tenant_usage(tenant_id, since)
-            assert value == sum((r.cost_usd for r in records), Decimal(0))
+            if not self.pruned:
+                assert value == sum((r.cost_usd for r in records), Decimal(0))
+
+    def day(self, data: st.DataObject) -> date:
+        when = data.draw(st.sampled_from(self.times)).date()
+        shift = timedelta(days=data.draw(st.sampled_from([0, 0, 1, -1])))
+        try:
+            return when + shift
+        except OverflowError:  # next to date.min or date.max
+            return when
+
+    @rule(tenant_id=s.some_ids, data=st.data(), bounded=st.booleans())
+    def usage_summary(self, tenant_id: str, data: st.DataObject, bounded: bool) -> None:
+        since: Any = data.draw(
+            st.one_of(st.builds(lambda: self.day(data)), st.sampled_from(self.times))
+        )
+        until = self.day(data) if bounded else None
+        kind, value = self.agree(
+            lambda b: b.usage.get_tenant_usage_summary(tenant_id, since, until)
+        )
+        if kind == "ok" and not self.pruned:
+            # Equal to grouping the rows by UTC day and model.
+            start = datetime.combine(since, time(), UTC)
+            groups: dict[tuple[date, str], list[Any]] = {}
+            for r in self.backends[0].usage.get_tenant_usage(tenant_id, start):
+                if until is None or r.timestamp.date() < until:
+                    g = groups.setdefault((r.timestamp.date(), r.model), [0, 0, 0, 0])
+                    g[0] += 1
+                    g[1] += r.input_tokens
+                    g[2] += r.output_tokens
+                    g[3] += r.cost_usd
+            assert [
+                (u.day, u.model, u.records, u.input_tokens, u.output_tokens, u.cost_usd)
+                for u in value
+            ] == [(day, model, *g) for (day, model), g in sorted(groups.items())]
+
+    @rule(data=st.data())
+    def prune_usage(self, data: st.DataObject) -> None:
+        before = self.since(data)
+        kind, value = self.agree(lambda b: b.usage.prune_usage(before))
+        if kind == "ok" and value:
+            self.pruned = True
 
     # -- admin users --------------------------------------------------------------
 

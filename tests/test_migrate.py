@@ -179,6 +179,7 @@ def test_available_lists_the_shipped_migrations_in_order() -> None:
         (8, "tenant_notify"),
         (9, "usage_daily_totals"),
         (10, "usage_daily_totals_backfill"),
+        (12, "usage_totals_shards"),
         (13, "audit_log"),
     ]
     assert all(m.up.strip() and m.down.strip() for m in migrate.available())

@@ -8,6 +8,7 @@ exactly as documented.
 from __future__ import annotations
 
 import copy
+import enum
 import inspect
 import pickle
 import types
@@ -123,7 +124,9 @@ def test_public_classes_report_the_package_as_their_module(name: str) -> None:
     cls = getattr(tenantstore, name)
     assert cls.__module__ == "tenantstore"
     assert cls.__qualname__ == name
-    assert f"tenantstore.{name}" in repr(cls)
+    # An enum's class repr names no module (`<enum 'RecordOutcome'>`): nothing to leak.
+    if not issubclass(cls, enum.Enum):
+        assert f"tenantstore.{name}" in repr(cls)
 
 
 def test_there_are_public_classes_to_check() -> None:

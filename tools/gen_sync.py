@@ -46,6 +46,9 @@ RENAMES = {
     "aevent_wait": "event_wait",
     "astop_worker": "stop_worker",
     "aclosing": "closing",
+    "AsyncUsageWriter": "UsageWriter",
+    "_AsyncWriterCore": "_WriterCore",
+    "aexit_flush": "exit_flush",
 }
 
 

@@ -10,11 +10,14 @@ from ._async.admin import AsyncPostgresAdminUserRepository
 from ._async.cache import AsyncCachedTenantRepository
 from ._async.listener import AsyncTenantCacheListener
 from ._async.postgres import AsyncPostgresTenantRepository, AsyncPostgresUsageRepository
+from ._async.writer import AsyncUsageWriter
 from ._cachestate import CacheStats
 from ._sync.admin import PostgresAdminUserRepository
 from ._sync.cache import CachedTenantRepository
 from ._sync.listener import TenantCacheListener
 from ._sync.postgres import PostgresTenantRepository, PostgresUsageRepository
+from ._sync.writer import UsageWriter
+from ._writerstate import UsageWriterStats
 from .audit import AuditChange, AuditEvent, acting_as
 from .cipher import KeyCipher
 from .clock import Clock, SystemClock
@@ -39,7 +42,7 @@ from .memory import (
     InMemoryTenantRepository,
     InMemoryUsageRepository,
 )
-from .models import AdminUser, Tenant, UsageRecord
+from .models import AdminUser, RecordOutcome, Tenant, UsageRecord, UsageSummary
 from .passwords import hash_password, verify_password
 from .pool import create_async_pool, create_pool
 from .repository import (
@@ -67,6 +70,7 @@ __all__ = [
     "AsyncTenantCacheListener",
     "AsyncTenantRepository",
     "AsyncUsageRepository",
+    "AsyncUsageWriter",
     "AuditChange",
     "AuditEvent",
     "CacheStats",
@@ -84,6 +88,7 @@ __all__ = [
     "PostgresAdminUserRepository",
     "PostgresTenantRepository",
     "PostgresUsageRepository",
+    "RecordOutcome",
     "StaleVersion",
     "StoreUnavailable",
     "SystemClock",
@@ -94,6 +99,9 @@ __all__ = [
     "TenantStoreError",
     "UsageRecord",
     "UsageRepository",
+    "UsageSummary",
+    "UsageWriter",
+    "UsageWriterStats",
     "__version__",
     "acting_as",
     "create_async_pool",

@@ -7,10 +7,10 @@ Timestamps are normalised to UTC whatever the session's TimeZone is.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from ._sql import TENANT_COLUMNS, USAGE_COLUMNS
-from .models import AdminUser, Tenant, UsageRecord
+from .models import AdminUser, RecordOutcome, Tenant, UsageRecord, UsageSummary
 
 
 def utc(value: datetime) -> datetime:
@@ -128,4 +128,84 @@ def admin_from_row(row: tuple[Any, ...]) -> AdminUser:
         enabled=row[3],
         created_at=None if row[4] is None else utc(row[4]),
         updated_at=None if row[5] is None else utc(row[5]),
+    )
+
+
+# INSERT_USAGE_BATCH's codes, by value.
+OUTCOME_CODES: Final = (
+    RecordOutcome.INSERTED,
+    RecordOutcome.DUPLICATE,
+    RecordOutcome.UNKNOWN_TENANT,
+)
+
+
+def usage_batch_rows(
+    records: list[UsageRecord],
+) -> tuple[list[tuple[Any, ...]], list[int], list[bool]]:
+    """COPY_USAGE_BATCH's rows for validated, timestamped records.
+
+    A (tenant_id, request_id) pair repeated in the batch is sent once (its first
+    occurrence), numbered by its position among those sent. Also returns, for each
+    record, that position, and whether it repeats an earlier record (see
+    `batch_outcomes`).
+    """
+    seen: dict[tuple[str, str], int] = {}
+    where: list[int] = []
+    repeated: list[bool] = []
+    rows: list[tuple[Any, ...]] = []
+    for record in records:
+        key = (record.tenant_id, record.request_id)
+        position = seen.get(key)
+        if position is None:
+            seen[key] = position = len(rows)
+            rows.append(
+                (
+                    position,
+                    record.tenant_id,
+                    record.request_id,
+                    record.model,
+                    record.provider,
+                    record.input_tokens,
+                    record.output_tokens,
+                    record.cost_usd,
+                    record.cached,
+                    record.latency_ms,
+                    record.status,
+                    record.timestamp,
+                )
+            )
+            repeated.append(False)
+        else:
+            repeated.append(True)
+        where.append(position)
+    return rows, where, repeated
+
+
+def batch_outcomes(
+    codes: list[int], where: list[int], repeated: list[bool]
+) -> list[RecordOutcome]:
+    """Each record's outcome, in input order, from the codes of the pairs sent.
+
+    A record repeating an earlier one of its batch is a DUPLICATE, unless its
+    tenant is unknown (nothing of that tenant is stored, so nothing duplicates).
+    """
+    outcomes = []
+    for position, again in zip(where, repeated, strict=True):
+        outcome = OUTCOME_CODES[codes[position]]
+        if again and outcome is RecordOutcome.INSERTED:
+            outcome = RecordOutcome.DUPLICATE
+        outcomes.append(outcome)
+    return outcomes
+
+
+def summary_from_row(row: tuple[Any, ...]) -> UsageSummary:
+    """A UsageSummary from a row of `_sql.SELECT_USAGE_SUMMARY` (sums of bigint
+    come back as numeric)."""
+    return UsageSummary(
+        day=row[0],
+        model=row[1],
+        records=int(row[2]),
+        input_tokens=int(row[3]),
+        output_tokens=int(row[4]),
+        cost_usd=row[5],
     )

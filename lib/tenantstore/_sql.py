@@ -264,8 +264,9 @@ SELECT_TOTAL_COST_SINCE: Final[str] = (
     .get_sql()
 )
 
-# The same total from the daily totals (migrations 009-010): the rows of the partial
-# first day, [since, boundary), plus whole UTC days from boundary_day on.
+# The same total from the daily totals (migrations 009-010, 012): the rows of the
+# partial first day, [since, boundary), plus whole UTC days from boundary_day on
+# (every model and shard of each day).
 _partial_day = (
     Query.from_(usage)
     .select(_fn.Sum(usage.cost_usd))
@@ -437,6 +438,106 @@ def _select_audit(since: bool, entity: bool, before: bool) -> str:
     )
 
 
+# record_many, the careful way: COPY the batch into a temporary table, then one
+# INSERT ... SELECT, in one transaction. Measured against one statement over
+# `unnest` of an array per column (the same INSERT, one round trip): 30,000
+# against 22,000 rows/s for 1,000-row batches, the arrays costing more to send and
+# parse than COPY's rows.
+# The table is the session's (created once per connection, emptied at every
+# commit), so a pool connection creates it once in its lifetime. Written as SQL,
+# not composed: PyPika has no temporary tables, COPY, FOR KEY SHARE or
+# data-modifying CTE.
+USAGE_BATCH_SETUP: Final[str] = """
+CREATE TEMPORARY TABLE IF NOT EXISTS tenantstore_usage_batch (
+    position integer NOT NULL,
+    tenant_id uuid NOT NULL,
+    request_id text NOT NULL,
+    model text NOT NULL,
+    provider text NOT NULL,
+    input_tokens integer NOT NULL,
+    output_tokens integer NOT NULL,
+    cost_usd numeric NOT NULL,
+    cached boolean NOT NULL,
+    latency_ms integer NOT NULL,
+    status text NOT NULL,
+    created_at timestamptz NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+COPY_USAGE_BATCH: Final[str] = (
+    "COPY tenantstore_usage_batch (position, tenant_id, request_id, model,"
+    " provider, input_tokens, output_tokens, cost_usd, cached, latency_ms, status,"
+    " created_at) FROM STDIN"
+)
+# The fast path: the same rows straight into usage_records, when none of them is
+# there already and every tenant exists (see `record_many`).
+COPY_USAGE_DIRECT: Final[str] = (
+    "COPY usage_records (tenant_id, request_id, model, provider, input_tokens,"
+    " output_tokens, cost_usd, cached, latency_ms, status, created_at) FROM STDIN"
+)
+# The batch arrives free of repeated (tenant_id, request_id) pairs
+# (`_rows.usage_batch_rows`). `known` locks the batch's tenants that exist, in id
+# order, FOR KEY SHARE (what the foreign-key check takes anyway): a tenant deleted
+# concurrently is either locked here first (its DELETE waits for this commit) or
+# gone when the lock is granted (READ COMMITTED skips it), so its records are
+# UNKNOWN_TENANT and the foreign key never fails the batch. The answer is one array
+# of outcome codes by position (`_rows.OUTCOME_CODES`).
+INSERT_USAGE_BATCH: Final[str] = """
+WITH known AS (
+    SELECT id FROM tenants
+     WHERE id IN (SELECT tenant_id FROM tenantstore_usage_batch)
+     ORDER BY id
+       FOR KEY SHARE
+),
+added AS (
+    INSERT INTO usage_records AS u
+           (tenant_id, request_id, model, provider, input_tokens, output_tokens,
+            cost_usd, cached, latency_ms, status, created_at)
+    SELECT b.tenant_id, b.request_id, b.model, b.provider, b.input_tokens,
+           b.output_tokens, b.cost_usd, b.cached, b.latency_ms, b.status,
+           b.created_at
+      FROM tenantstore_usage_batch AS b JOIN known AS k ON k.id = b.tenant_id
+     ORDER BY b.position
+    ON CONFLICT (tenant_id, request_id) DO NOTHING
+    RETURNING u.tenant_id, u.request_id
+)
+SELECT array_agg(
+           CASE WHEN k.id IS NULL THEN 2 WHEN a.request_id IS NULL THEN 1 ELSE 0 END
+           ORDER BY b.position)
+  FROM tenantstore_usage_batch AS b
+  LEFT JOIN known AS k ON k.id = b.tenant_id
+  LEFT JOIN added AS a
+         ON a.tenant_id = b.tenant_id AND a.request_id = b.request_id
+"""
+
+
+# get_tenant_usage_summary: whole UTC days from the totals (migration 012), every
+# shard of a (day, model) summed. A group whose records were all deleted keeps a
+# row of zeros: it is left out, as grouping the rows would leave it out.
+def _summary(bounded: bool) -> str:
+    query = (
+        Query.from_(daily)
+        .select(
+            daily.day,
+            daily.model,
+            _fn.Sum(daily.records),
+            _fn.Sum(daily.input_tokens),
+            _fn.Sum(daily.output_tokens),
+            _fn.Sum(daily.cost_usd),
+        )
+        .where(daily.tenant_id == _p("tenant_id"))
+        .where(daily.day >= _p("since"))
+    )
+    if bounded:
+        query = query.where(daily.day < _p("until"))
+    return str(
+        query.groupby(daily.day, daily.model)
+        .having(_fn.Sum(daily.records) != 0)
+        .orderby(daily.day, order=Order.asc)
+        .orderby(LiteralValue('"model" COLLATE "C"'), order=Order.asc)
+        .get_sql()
+    )
+
+
 # (since?, entity_id?, before?) -> statement: one plan per filter, each on an index.
 SELECT_AUDIT: Final[dict[tuple[bool, bool, bool], str]] = {
     (a, b, c): _select_audit(a, b, c)
@@ -444,3 +545,12 @@ SELECT_AUDIT: Final[dict[tuple[bool, bool, bool], str]] = {
     for b in (False, True)
     for c in (False, True)
 }
+
+SELECT_USAGE_SUMMARY: Final[str] = _summary(bounded=False)
+SELECT_USAGE_SUMMARY_UNTIL: Final[str] = _summary(bounded=True)
+
+# prune_usage: one batch per call of migration 012's function (see there).
+_prune = CustomFunction("tenantstore_prune_usage", ["before", "batch"])
+PRUNE_USAGE_BATCH: Final[str] = Query.select(
+    _prune(_p("before"), _p("batch"))
+).get_sql()

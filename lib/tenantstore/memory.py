@@ -13,7 +13,8 @@ import asyncio
 import builtins
 import dataclasses
 import threading
-from datetime import datetime, timedelta
+from collections.abc import Iterable
+from datetime import date, datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Any
 
@@ -31,7 +32,7 @@ from .errors import (
     TenantNotFound,
 )
 from .keys import key_matches_hash, lookup_hash
-from .models import AdminUser, Tenant, UsageRecord
+from .models import AdminUser, RecordOutcome, Tenant, UsageRecord, UsageSummary
 from .passwords import hash_password, verify_password
 from .validation import (
     admin_user_for_write,
@@ -41,8 +42,10 @@ from .validation import (
     is_key_hash,
     is_username,
     tenant_for_write,
+    usage_batch_for_write,
     usage_for_write,
     utc_datetime,
+    utc_day,
 )
 
 __all__ = [
@@ -69,6 +72,7 @@ class _State:
         "encrypted",
         "lock",
         "password_hashes",
+        "pruned",
         "tenants",
         "usage",
     )
@@ -83,6 +87,24 @@ class _State:
         self.by_username: dict[str, str] = {}
         self.password_hashes: dict[str, str] = {}
         self.audit = AuditLog()
+        # What prune_usage removed, still counted as PostgreSQL's daily totals
+        # count it: tenant -> (UTC day, model) -> [records, in, out, cost].
+        self.pruned: dict[str, dict[tuple[date, str], list[Any]]] = {}
+
+
+def _whole_days_from(since: datetime) -> date | None:
+    """The first UTC day wholly at or after `since` (None past date.max), as
+    PostgreSQL's total-cost query splits a partial first day from whole days."""
+    day = since.date()
+    if since.hour or since.minute or since.second or since.microsecond:
+        return None if day == date.max else day + timedelta(days=1)
+    return day
+
+
+def _exact_sum(amounts: Iterable[Decimal]) -> Decimal:
+    with localcontext() as exact:
+        exact.prec = 60  # far beyond any sum of numeric(20,10) values: exact
+        return sum(amounts, _ZERO)
 
 
 def _not_found() -> TenantNotFound:
@@ -295,6 +317,7 @@ class InMemoryTenantRepository:
             del state.by_hash[tenant.api_key_hash]
             state.encrypted.pop(tenant_id, None)
             state.usage.pop(tenant_id, None)
+            state.pruned.pop(tenant_id, None)
             self._audit(utc(self._clock.now()), "DELETE", tenant_id, before, None)
 
     def list_audit(
@@ -343,6 +366,31 @@ class InMemoryUsageRepository:
             records[record.request_id] = record
             return True
 
+    def record_many(
+        self, records: builtins.list[UsageRecord]
+    ) -> builtins.list[RecordOutcome]:
+        records = usage_batch_for_write(records, utc(self._clock.now()))
+        return self._record_many_validated(records)
+
+    def _record_many_validated(
+        self, records: builtins.list[UsageRecord]
+    ) -> builtins.list[RecordOutcome]:
+        """`record_many` for records `usage_for_write` returned (the writer's)."""
+        state = self._state
+        outcomes = []
+        with state.lock:  # one lock: the batch is one transaction
+            for record in records:
+                if record.tenant_id not in state.tenants:
+                    outcomes.append(RecordOutcome.UNKNOWN_TENANT)
+                    continue
+                stored = state.usage.setdefault(record.tenant_id, {})
+                if record.request_id in stored:
+                    outcomes.append(RecordOutcome.DUPLICATE)
+                    continue
+                stored[record.request_id] = record
+                outcomes.append(RecordOutcome.INSERTED)
+        return outcomes
+
     def get_tenant_usage(
         self, tenant_id: str, since: datetime
     ) -> builtins.list[UsageRecord]:
@@ -368,6 +416,7 @@ class InMemoryUsageRepository:
         since = utc_datetime("since", since)
         if not is_canonical_id(tenant_id):
             return _ZERO
+        whole = _whole_days_from(since)
         with self._state.lock:
             records = self._state.usage.get(tenant_id)
             costs = (
@@ -379,11 +428,83 @@ class InMemoryUsageRepository:
                     if r.timestamp is not None and r.timestamp >= since
                 ]
             )
+            pruned = self._state.pruned.get(tenant_id)
+            if pruned and whole is not None:
+                costs.extend(t[3] for (day, _), t in pruned.items() if day >= whole)
         if not costs:
             return _ZERO
-        with localcontext() as exact:
-            exact.prec = 60  # far beyond any sum of numeric(20,10) values: exact
-            return sum(costs, _ZERO)
+        return _exact_sum(costs)
+
+    def get_tenant_usage_summary(
+        self, tenant_id: str, since: date, until: date | None = None
+    ) -> builtins.list[UsageSummary]:
+        since = utc_day("since", since)
+        if until is not None:
+            until = utc_day("until", until)
+        if not is_canonical_id(tenant_id):
+            return []
+        end = date.max if until is None else until
+
+        def wanted(day: date) -> bool:
+            return since <= day and (until is None or day < end)
+
+        groups: dict[tuple[date, str], list[Any]] = {}
+        with self._state.lock:
+            for r in self._state.usage.get(tenant_id, {}).values():
+                assert r.timestamp is not None
+                day = r.timestamp.date()
+                if wanted(day):
+                    group = groups.setdefault((day, r.model), [0, 0, 0, []])
+                    group[0] += 1
+                    group[1] += r.input_tokens
+                    group[2] += r.output_tokens
+                    group[3].append(r.cost_usd)
+            for key, (n, tokens_in, tokens_out, cost) in self._state.pruned.get(
+                tenant_id, {}
+            ).items():
+                if wanted(key[0]):
+                    group = groups.setdefault(key, [0, 0, 0, []])
+                    group[0] += n
+                    group[1] += tokens_in
+                    group[2] += tokens_out
+                    group[3].append(cost)
+        return [
+            UsageSummary(
+                day=day,
+                model=model,
+                records=g[0],
+                input_tokens=g[1],
+                output_tokens=g[2],
+                cost_usd=_exact_sum(g[3]),
+            )
+            for (day, model), g in sorted(groups.items())
+        ]
+
+    def prune_usage(self, before: datetime) -> int:
+        before = utc_datetime("before", before)
+        state = self._state
+        pruned = 0
+        with state.lock:
+            for tenant_id, records in state.usage.items():
+                old = [
+                    r
+                    for r in records.values()
+                    if r.timestamp is not None and r.timestamp < before
+                ]
+                if not old:
+                    continue
+                kept = state.pruned.setdefault(tenant_id, {})
+                for r in old:
+                    assert r.timestamp is not None
+                    del records[r.request_id]
+                    key = (r.timestamp.date(), r.model)
+                    total = kept.setdefault(key, [0, 0, 0, _ZERO])
+                    total[0] += 1
+                    total[1] += r.input_tokens
+                    total[2] += r.output_tokens
+                    total[3] = _exact_sum((total[3], r.cost_usd))
+                pruned += len(old)
+        return pruned
 
 
 class AsyncInMemoryTenantRepository:
@@ -451,6 +572,11 @@ class AsyncInMemoryUsageRepository:
     async def record(self, record: UsageRecord) -> bool:
         return self.sync.record(record)
 
+    async def record_many(
+        self, records: builtins.list[UsageRecord]
+    ) -> builtins.list[RecordOutcome]:
+        return self.sync.record_many(records)
+
     async def get_tenant_usage(
         self, tenant_id: str, since: datetime
     ) -> builtins.list[UsageRecord]:
@@ -458,6 +584,14 @@ class AsyncInMemoryUsageRepository:
 
     async def get_tenant_total_cost(self, tenant_id: str, since: datetime) -> Decimal:
         return self.sync.get_tenant_total_cost(tenant_id, since)
+
+    async def get_tenant_usage_summary(
+        self, tenant_id: str, since: date, until: date | None = None
+    ) -> builtins.list[UsageSummary]:
+        return self.sync.get_tenant_usage_summary(tenant_id, since, until)
+
+    async def prune_usage(self, before: datetime) -> int:
+        return self.sync.prune_usage(before)
 
 
 def _no_admin() -> AdminUserNotFound:

@@ -1,4 +1,5 @@
-"""The domain: `Tenant`, `UsageRecord` and `AdminUser`, frozen and slotted.
+"""The domain: `Tenant`, `UsageRecord`, `UsageSummary`, `RecordOutcome` and
+`AdminUser`, frozen and slotted.
 
 Constructing one checks nothing: the repositories validate and normalise every value
 on the way in (see `validation`), identically for every backend, and return new
@@ -7,12 +8,13 @@ instances with what the store set (`created_at`, `updated_at`, a default timesta
 
 from __future__ import annotations
 
+import enum
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
-__all__ = ["AdminUser", "Tenant", "UsageRecord"]
+__all__ = ["AdminUser", "RecordOutcome", "Tenant", "UsageRecord", "UsageSummary"]
 
 _ZERO = Decimal("0")
 
@@ -89,3 +91,31 @@ class AdminUser:
     enabled: bool = True
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+
+class RecordOutcome(enum.Enum):
+    """What `record_many` did with one record of its batch."""
+
+    INSERTED = "inserted"
+    """Stored now."""
+    DUPLICATE = "duplicate"
+    """Its (tenant_id, request_id) was stored before, or earlier in the same batch."""
+    UNKNOWN_TENANT = "unknown_tenant"
+    """No tenant has its tenant_id (at the moment the batch was written)."""
+
+
+RecordOutcome.__module__ = "tenantstore"  # EnumType sets it after the class body
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageSummary:
+    """One tenant's usage of one model on one UTC day, from the daily totals."""
+
+    __module__ = "tenantstore"
+
+    day: date
+    model: str
+    records: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Final
 
@@ -30,8 +30,10 @@ __all__ = [
     "is_username",
     "money",
     "tenant_for_write",
+    "usage_batch_for_write",
     "usage_for_write",
     "utc_datetime",
+    "utc_day",
 ]
 
 INT_MAX: Final = 2**31 - 1
@@ -170,6 +172,15 @@ def utc_datetime(field: str, value: object) -> datetime:
         raise InvalidInput(field, "is out of the representable range") from None
 
 
+def utc_day(field: str, value: object) -> date:
+    """A `date` (a UTC day); a datetime is an error, not silently cut to its day."""
+    if isinstance(value, datetime) or not isinstance(value, date):
+        raise InvalidInput(
+            field, f"must be a date (a UTC day), not {type(value).__name__}"
+        )
+    return value
+
+
 def tenant_for_write(tenant: object) -> Tenant:
     """Validate and normalise a tenant for create or update.
 
@@ -275,3 +286,28 @@ def admin_user_for_write(user: object) -> AdminUser:
         role=role("role", user.role),
         enabled=boolean("enabled", user.enabled),
     )
+
+
+def usage_batch_for_write(records: object, now: datetime) -> list[UsageRecord]:
+    """Validate every record of a batch, or raise for the first invalid one.
+
+    The field is named with the record's position (``records[3].cost_usd``), so
+    nothing of the batch is written when any of it is invalid.
+    """
+    if isinstance(records, str | bytes | UsageRecord) or not isinstance(
+        records, Sequence
+    ):
+        raise InvalidInput("records", "must be a list or tuple of UsageRecord")
+    valid = []
+    for position, record in enumerate(records):
+        try:
+            valid.append(usage_for_write(record, now))
+        except InvalidInput as exc:
+            field = f"records[{position}]"
+            if exc.field != "record":
+                field = f"{field}.{exc.field}"
+            error = InvalidInput(field, exc.rule)
+        else:
+            continue
+        raise error  # outside the handler: no chain to the inner error
+    return valid

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import builtins
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg import errors as pge
 from psycopg_pool import AsyncConnectionPool
 
 from .. import _sql
@@ -29,7 +30,16 @@ from .._pgerrors import (
     track_pool,
     translate_error,
 )
-from .._rows import tenant_from_row, tenant_params, usage_from_row, usage_params, utc
+from .._rows import (
+    batch_outcomes,
+    summary_from_row,
+    tenant_from_row,
+    tenant_params,
+    usage_batch_rows,
+    usage_from_row,
+    usage_params,
+    utc,
+)
 from ..audit import (
     AuditEvent,
     actor_name,
@@ -42,21 +52,28 @@ from ..cipher import KeyCipher, encrypted_key_for_write
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import MODIFIED, CipherError, InvalidInput, StaleVersion, TenantNotFound
 from ..keys import key_matches_hash, lookup_hash
-from ..models import Tenant, UsageRecord
+from ..models import RecordOutcome, Tenant, UsageRecord, UsageSummary
 from ..validation import (
     boolean,
     expected_version,
     is_canonical_id,
     is_key_hash,
     tenant_for_write,
+    usage_batch_for_write,
     usage_for_write,
     utc_datetime,
+    utc_day,
 )
 
 __all__ = ["AsyncPostgresTenantRepository", "AsyncPostgresUsageRepository"]
 
 _ZERO: Final = Decimal("0")
 _ONE_DAY: Final = timedelta(days=1)
+# Rows per prune_usage transaction: short enough to hold few locks for little
+# time, long enough that the per-batch round trip does not matter.
+PRUNE_BATCH: Final = 5000
+# After a batch that could not be copied straight in, this many go the careful way.
+_CAREFUL_BATCHES: Final = 16
 
 
 # The client-side deadline trails the server's statement_timeout by this much: time
@@ -138,8 +155,13 @@ class _AsyncPostgres:
         fetch: int,
         *,
         retry: bool,
+        work: Callable[[AsyncConnection[Any]], Any] | None = None,
     ) -> Any:
         """Run one statement on a pool connection; driver errors become ours.
+
+        With `work`, run that instead of `statement` (what takes several
+        statements in a transaction of its own, such as `record_many`'s COPY),
+        under the same bound and the same rules for faulty connections.
 
         Bounded: at most `timeout` waiting for a connection, and `timeout` + a
         grace for the answer, past which the connection is shut down and
@@ -169,7 +191,9 @@ class _AsyncPostgres:
                     raise translate_error(exc, pool=pool, waited=self._timeout) from exc
             alarm = _WATCHDOG.arm(conn, self._deadline)
             try:
-                if conn.autocommit:
+                if work is not None:
+                    result = await work(conn)
+                elif conn.autocommit:
                     result = await self._execute(conn, statement, params, fetch)
                 else:
                     # Not one of ours (see `create_async_pool`): its own transaction.
@@ -227,6 +251,49 @@ class _AsyncPostgres:
             await self._pool.putconn(conn)  # as `_run` does when interrupted
             raise
         return not _WATCHDOG.disarm(alarm)
+
+    async def _run_copy(
+        self,
+        setup: str,
+        copy: str,
+        rows: Sequence[Sequence[Any]],
+        statement: str,
+    ) -> Any:
+        """`setup`, COPY `rows` in, then `statement`, in one transaction; its first
+        column of its first row. Through `_run`: bounded, and retried once on a
+        broken connection (only callers whose transaction is idempotent use it).
+        """
+
+        async def work(conn: AsyncConnection[Any]) -> Any:
+            async with conn.transaction():
+                await conn.execute(setup)
+                async with conn.cursor().copy(copy) as pipe:
+                    for row in rows:
+                        await pipe.write_row(row)
+                cur = await conn.execute(statement, prepare=self._prepare)
+                first = await cur.fetchone()
+                assert first is not None
+                return first[0]
+
+        return await self._run(copy, None, ONE, retry=True, work=work)
+
+    async def _copy_if_clean(self, copy: str, rows: Sequence[Sequence[Any]]) -> bool:
+        """COPY `rows` in, in one transaction; False, with nothing written, when a
+        unique or foreign key fails (a row that is there already, a tenant that is
+        not). Through `_run`, as `_run_copy`: a COPY that failed wrote nothing.
+        """
+
+        async def work(conn: AsyncConnection[Any]) -> bool:
+            try:
+                async with conn.transaction(), conn.cursor().copy(copy) as pipe:
+                    for row in rows:
+                        await pipe.write_row(row)
+            except (pge.UniqueViolation, pge.ForeignKeyViolation):
+                return False
+            return True
+
+        clean: bool = await self._run(copy, None, ONE, retry=True, work=work)
+        return clean
 
     async def _execute(
         self,
@@ -439,7 +506,7 @@ class AsyncPostgresUsageRepository(_AsyncPostgres):
     """
 
     __module__ = "tenantstore"
-    __slots__ = ()
+    __slots__ = ("_careful_batches",)
 
     def __init__(
         self,
@@ -450,6 +517,7 @@ class AsyncPostgresUsageRepository(_AsyncPostgres):
         timeout: float | None = None,
     ) -> None:
         super().__init__(pool, clock, prepare, timeout)
+        self._careful_batches = 0
 
     async def record(self, record: UsageRecord) -> bool:
         record = usage_for_write(record, utc(self._clock.now()))
@@ -460,6 +528,40 @@ class AsyncPostgresUsageRepository(_AsyncPostgres):
             retry=True,
         )
         return inserted == 1
+
+    async def record_many(
+        self, records: builtins.list[UsageRecord]
+    ) -> builtins.list[RecordOutcome]:
+        records = usage_batch_for_write(records, utc(self._clock.now()))
+        return await self._record_many_validated(records)
+
+    async def _record_many_validated(
+        self, records: builtins.list[UsageRecord]
+    ) -> builtins.list[RecordOutcome]:
+        """`record_many` for records `usage_for_write` returned (the writer's)."""
+        if not records:
+            return []
+        rows, where, repeated = usage_batch_rows(records)
+        # Most batches are all new records of existing tenants: COPY them straight
+        # into usage_records (raw COPY's speed). A batch that trips the unique
+        # index or the foreign key is rolled back whole and written the careful
+        # way, per record; and so are the next few, since batches that hold
+        # retries or unknown tenants tend to come in runs.
+        if self._careful_batches:
+            self._careful_batches -= 1
+        elif await self._copy_if_clean(
+            _sql.COPY_USAGE_DIRECT, [row[1:] for row in rows]
+        ):
+            return batch_outcomes([0] * len(rows), where, repeated)
+        else:
+            self._careful_batches = _CAREFUL_BATCHES
+        codes = await self._run_copy(
+            _sql.USAGE_BATCH_SETUP,
+            _sql.COPY_USAGE_BATCH,
+            rows,
+            _sql.INSERT_USAGE_BATCH,
+        )
+        return batch_outcomes(codes, where, repeated)
 
     async def get_tenant_usage(
         self, tenant_id: str, since: datetime
@@ -487,3 +589,34 @@ class AsyncPostgresUsageRepository(_AsyncPostgres):
         assert row is not None
         total: Decimal = row[0]
         return total
+
+    async def get_tenant_usage_summary(
+        self, tenant_id: str, since: date, until: date | None = None
+    ) -> builtins.list[UsageSummary]:
+        since = utc_day("since", since)
+        if until is not None:
+            until = utc_day("until", until)
+        if not is_canonical_id(tenant_id):
+            return []
+        if until is None:
+            statement = _sql.SELECT_USAGE_SUMMARY
+            params: dict[str, Any] = {"tenant_id": tenant_id, "since": since}
+        else:
+            statement = _sql.SELECT_USAGE_SUMMARY_UNTIL
+            params = {"tenant_id": tenant_id, "since": since, "until": until}
+        rows = await self._run(statement, params, ALL, retry=True)
+        return [summary_from_row(row) for row in rows]
+
+    async def prune_usage(self, before: datetime) -> int:
+        before = utc_datetime("before", before)
+        params = {"before": before, "batch": PRUNE_BATCH}
+        pruned = 0
+        while True:
+            # Each batch commits on its own: not retried on a broken connection,
+            # where it may have committed unseen.
+            row = await self._run(_sql.PRUNE_USAGE_BATCH, params, ONE, retry=False)
+            assert row is not None
+            deleted: int = row[0]
+            pruned += deleted
+            if deleted < PRUNE_BATCH:
+                return pruned

@@ -7,12 +7,12 @@ results, order and errors; the differential tests hold them to it.
 from __future__ import annotations
 
 import builtins
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Protocol
 
 from ..audit import AuditEvent
-from ..models import AdminUser, Tenant, UsageRecord
+from ..models import AdminUser, RecordOutcome, Tenant, UsageRecord, UsageSummary
 
 
 class AsyncTenantRepository(Protocol):
@@ -121,6 +121,20 @@ class AsyncUsageRepository(Protocol):
         """
         ...
 
+    async def record_many(
+        self, records: builtins.list[UsageRecord]
+    ) -> builtins.list[RecordOutcome]:
+        """Store a batch in one transaction; one outcome per record, in input order.
+
+        INSERTED, DUPLICATE (stored before, or earlier in this batch) or
+        UNKNOWN_TENANT; the rest of the batch is written whatever happens to its
+        tenants meanwhile. An invalid record raises `InvalidInput` naming it
+        (``records[3].cost_usd``) before anything is written. `StoreUnavailable`
+        means nothing of the batch was committed (or, if only the answer was
+        lost, all of it): retrying is safe, the batch being idempotent.
+        """
+        ...
+
     async def get_tenant_usage(
         self, tenant_id: str, since: datetime
     ) -> builtins.list[UsageRecord]:
@@ -129,6 +143,29 @@ class AsyncUsageRepository(Protocol):
 
     async def get_tenant_total_cost(self, tenant_id: str, since: datetime) -> Decimal:
         """Exact sum of cost_usd since `since` (inclusive); Decimal("0") if none."""
+        ...
+
+    async def get_tenant_usage_summary(
+        self, tenant_id: str, since: date, until: date | None = None
+    ) -> builtins.list[UsageSummary]:
+        """Usage per UTC day and model for days `since` <= day < `until` (no end
+        when None), day ascending then model (by code point).
+
+        Read from the daily totals (days x models, never a scan of rows), so it
+        counts records `prune_usage` removed. `since` and `until` are dates: a
+        datetime is `InvalidInput`.
+        """
+        ...
+
+    async def prune_usage(self, before: datetime) -> int:
+        """Delete records older than `before`; return how many.
+
+        Deletes in batches, each its own short transaction that skips rows other
+        transactions hold, so writers are never blocked. The daily totals keep
+        counting the pruned records: budgets (`get_tenant_total_cost` from a
+        midnight) and summaries do not change. A `since` inside a pruned day
+        counts that day's remaining rows only.
+        """
         ...
 
 

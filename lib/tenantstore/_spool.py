@@ -1,0 +1,293 @@
+"""The usage writer's local append-only log: plain file I/O, shared by both twins.
+
+A spool directory holds numbered segment files (``00000001.log``, ...) of a fixed
+size, and a ``lock`` file. Each submitted record is one frame, its length and CRC-32
+then its fields (`encode`), copied into the live segment through a shared memory
+map before `submit` returns: from then on it is in the kernel's page cache and
+survives the process, even SIGKILL, at the cost of a memory copy instead of a
+system call. A zero length ends the log. A thread flushes the map to disk
+(`msync`) every `fsync_interval` seconds when something was written (group commit,
+as Redis's ``appendfsync everysec``): a power loss or kernel crash loses at most
+that interval. Records are acknowledged in order as their batches commit; a
+segment whose records are all acknowledged is deleted (or, when it is the live
+one, emptied in place), so the spool holds only what is not yet in the database.
+A writer started on the directory reads what is left there first, and since
+(tenant_id, request_id) is idempotent, writing it again duplicates nothing. A
+frame cut short by a crash (or one whose checksum fails) is skipped and counted.
+`fcntl.flock` on the lock file keeps a second live writer out; the kernel releases
+it when the holder dies, however it dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import mmap
+import os
+import struct
+import threading
+import zlib
+from collections import deque
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Final
+
+from .errors import InvalidInput
+from .models import UsageRecord
+from .validation import usage_for_write
+
+__all__ = ["FSYNC_INTERVAL", "Spool", "decode", "encode"]
+
+_log = logging.getLogger("tenantstore")
+
+FSYNC_INTERVAL: Final = 1.0
+# Each segment file is this big (sparse until written); a full one is closed and
+# the next begun, and deleted once all its records are acknowledged.
+SEGMENT_BYTES: Final = 8 * 1024 * 1024
+
+# A frame: payload length, CRC-32 of the payload, then the payload: the three
+# integers, `cached`, the timestamp (microseconds since 1970 UTC: exact, and a
+# fraction of isoformat's cost), the byte lengths of the six texts, then the texts.
+_FRAME: Final = struct.Struct("<II")
+_HEAD: Final = struct.Struct("<IIIBq6H")
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+_END: Final = bytes(_FRAME.size)  # a zero length: nothing follows
+_crc = zlib.crc32
+
+
+def encode(record: UsageRecord) -> bytes:
+    """The frame of a validated, timestamped record."""
+    assert record.timestamp is not None
+    texts = (
+        record.tenant_id.encode(),
+        record.request_id.encode(),
+        record.model.encode(),
+        record.provider.encode(),
+        record.status.encode(),
+        str(record.cost_usd).encode(),
+    )
+    payload = b"".join(
+        (
+            _HEAD.pack(
+                record.input_tokens,
+                record.output_tokens,
+                record.latency_ms,
+                record.cached,
+                (record.timestamp - _EPOCH) // _MICROSECOND,
+                *map(len, texts),
+            ),
+            *texts,
+        )
+    )
+    return _FRAME.pack(len(payload), _crc(payload)) + payload
+
+
+def decode(payload: bytes) -> UsageRecord | None:
+    """The record of a whole frame's payload, or None when it is not one."""
+    try:
+        head = _HEAD.unpack_from(payload)
+        texts = []
+        at = _HEAD.size
+        for length in head[5:]:
+            texts.append(payload[at : at + length].decode())
+            at += length
+        if at != len(payload):
+            return None
+        tenant_id, request_id, model, provider, status, cost = texts
+        return usage_for_write(
+            UsageRecord(
+                tenant_id=tenant_id,
+                request_id=request_id,
+                model=model,
+                provider=provider,
+                input_tokens=head[0],
+                output_tokens=head[1],
+                cost_usd=Decimal(cost),
+                cached=bool(head[3]),
+                latency_ms=head[2],
+                status=status,
+                timestamp=_EPOCH + head[4] * _MICROSECOND,
+            )
+        )
+    except (ValueError, struct.error, ArithmeticError, OverflowError):
+        return None
+
+
+class _Segment:
+    __slots__ = ("acknowledged", "path", "records")
+
+    def __init__(self, path: Path, records: int) -> None:
+        self.path = path
+        self.records = records
+        self.acknowledged = 0
+
+
+class Spool:
+    """One writer's log in `directory` (created if missing).
+
+    Raises `InvalidInput("spool", ...)` when another live writer holds the
+    directory. `pending` is what earlier writers left, oldest first; `skipped`
+    counts the torn or corrupt frames passed over to get it.
+    """
+
+    __slots__ = (
+        "_dirty",
+        "_fd",
+        "_flusher",
+        "_lock_fd",
+        "_map",
+        "_pos",
+        "_segments",
+        "_stop",
+        "closed",
+        "directory",
+        "fsync_interval",
+        "pending",
+        "skipped",
+    )
+
+    def __init__(
+        self, directory: str | os.PathLike[str], fsync_interval: float = FSYNC_INTERVAL
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise InvalidInput(
+                "spool", "is in use by another live usage writer"
+            ) from None
+        self.fsync_interval = fsync_interval
+        self.closed = False
+        # Oldest first; the last is the live one, being appended to.
+        self._segments: deque[_Segment] = deque()
+        self.pending: list[UsageRecord] = []
+        self.skipped = 0
+        last = 0
+        for path in sorted(self.directory.glob("*.log")):
+            last = max(last, int(path.stem))
+            records = self._read(path)
+            if records:
+                self.pending.extend(records)
+                self._segments.append(_Segment(path, len(records)))
+            else:
+                path.unlink()
+        if self.skipped:
+            _log.warning(
+                "usage writer spool: skipped %d torn or corrupt record(s) in %s",
+                self.skipped,
+                self.directory,
+            )
+        self._open(last + 1)
+        self._dirty = False
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(
+            target=self._fsync_loop, name="tenantstore-spool-fsync", daemon=True
+        )
+        self._flusher.start()
+
+    def _read(self, path: Path) -> list[UsageRecord]:
+        data = path.read_bytes()
+        records = []
+        at = 0
+        while at + _FRAME.size <= len(data):
+            length, crc = _FRAME.unpack_from(data, at)
+            if length == 0:
+                break  # the end of the log
+            payload = data[at + _FRAME.size : at + _FRAME.size + length]
+            at += _FRAME.size + length
+            record = None
+            if len(payload) == length and _crc(payload) == crc:
+                record = decode(payload)
+            if record is None:
+                self.skipped += 1
+                if len(payload) < length:
+                    break  # cut short: nothing can follow
+                continue
+            records.append(record)
+        return records
+
+    def _open(self, number: int) -> None:
+        path = self.directory / f"{number:08d}.log"
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.ftruncate(self._fd, SEGMENT_BYTES)
+        self._map = mmap.mmap(self._fd, SEGMENT_BYTES)
+        self._pos = 0
+        self._segments.append(_Segment(path, 0))
+        # The new file's name must survive a crash too.
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def append(self, record: UsageRecord) -> None:
+        """Log `record` (the caller holds the writer's lock: order is kept)."""
+        frame = encode(record)
+        start = self._pos
+        end = start + len(frame)
+        if end + _FRAME.size > SEGMENT_BYTES:
+            self._roll()
+            start, end = 0, len(frame)
+        log = self._map
+        log[end : end + _FRAME.size] = _END  # first: the log ends after this frame
+        log[start:end] = frame
+        self._pos = end
+        self._segments[-1].records += 1
+        self._dirty = True
+
+    def _roll(self) -> None:
+        self._map.flush()
+        self._map.close()
+        os.close(self._fd)
+        self._open(int(self._segments[-1].path.stem) + 1)
+
+    def acknowledge(self, count: int) -> None:
+        """The `count` oldest unacknowledged records are in the database."""
+        if self.closed:
+            return
+        segments = self._segments
+        while count:
+            segment = segments[0]
+            take = min(count, segment.records - segment.acknowledged)
+            segment.acknowledged += take
+            count -= take
+            if segment.acknowledged < segment.records:
+                break
+            if len(segments) == 1:
+                # Everything is in the database: empty the live segment in place.
+                self._map[0 : _FRAME.size] = _END
+                self._pos = 0
+                segment.records = segment.acknowledged = 0
+                break
+            segments.popleft()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(segment.path)
+
+    def _fsync_loop(self) -> None:
+        while not self._stop.wait(self.fsync_interval):
+            self.sync()
+
+    def sync(self) -> None:
+        """Flush to disk what was appended since the last call."""
+        if self._dirty:
+            self._dirty = False
+            with contextlib.suppress(ValueError, OSError):  # rolled or closed meanwhile
+                self._map.flush()
+
+    def close(self) -> None:
+        """Flush, then release the directory for the next writer."""
+        if self.closed:
+            return
+        self._stop.set()
+        self._flusher.join()
+        self.sync()
+        self.closed = True
+        self._map.close()
+        os.close(self._fd)
+        os.close(self._lock_fd)
