@@ -5,40 +5,57 @@ LOCK TABLE usage_daily_totals IN ACCESS EXCLUSIVE MODE;
 
 DROP FUNCTION IF EXISTS tenantstore_prune_usage(timestamptz, integer);
 
-CREATE OR REPLACE FUNCTION tenantstore_usage_totals_add() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, public
-AS $$
+-- 009's trigger function, as 009 wrote it (its pinned search_path is kept).
+CREATE OR REPLACE FUNCTION tenantstore_usage_totals_apply() RETURNS trigger
+LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO usage_daily_totals AS t (tenant_id, day, cost_usd, records)
-    SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date, sum(cost_usd), count(*)
-      FROM added
-     GROUP BY 1, 2
-     ORDER BY 1, 2
-    ON CONFLICT (tenant_id, day) DO UPDATE
-       SET cost_usd = t.cost_usd + EXCLUDED.cost_usd,
-           records = t.records + EXCLUDED.records;
+    -- Each branch names only the transition tables its trigger declares.
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO usage_daily_totals AS t (tenant_id, day, cost_usd, records)
+        SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date, sum(cost_usd), count(*)
+          FROM added
+         GROUP BY 1, 2
+         ORDER BY 1, 2
+        ON CONFLICT (tenant_id, day) DO UPDATE
+           SET cost_usd = t.cost_usd + EXCLUDED.cost_usd,
+               records = t.records + EXCLUDED.records;
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO usage_daily_totals AS t (tenant_id, day, cost_usd, records)
+        SELECT tenant_id, day, sum(cost_usd), sum(records)
+          FROM (SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date AS day,
+                       cost_usd, 1 AS records
+                  FROM added
+                UNION ALL
+                SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date,
+                       -cost_usd, -1
+                  FROM removed) AS delta
+         GROUP BY 1, 2
+        -- An UPDATE that changes neither day nor cost (most do) locks nothing.
+        HAVING sum(cost_usd) <> 0 OR sum(records) <> 0
+         ORDER BY 1, 2
+        ON CONFLICT (tenant_id, day) DO UPDATE
+           SET cost_usd = t.cost_usd + EXCLUDED.cost_usd,
+               records = t.records + EXCLUDED.records;
+    ELSE
+        PERFORM 1
+           FROM usage_daily_totals AS t
+          WHERE (t.tenant_id, t.day) IN (
+                    SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date FROM removed)
+          ORDER BY t.tenant_id, t.day
+            FOR UPDATE;
+        UPDATE usage_daily_totals AS t
+           SET cost_usd = t.cost_usd - r.cost_usd, records = t.records - r.records
+          FROM (SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date AS day,
+                       sum(cost_usd) AS cost_usd, count(*) AS records
+                  FROM removed
+                 GROUP BY 1, 2) AS r
+         WHERE t.tenant_id = r.tenant_id AND t.day = r.day;
+    END IF;
     RETURN NULL;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION tenantstore_usage_totals_remove() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, public
-AS $$
-BEGIN
-    UPDATE usage_daily_totals AS t
-       SET cost_usd = t.cost_usd - r.cost_usd, records = t.records - r.records
-      FROM (SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date AS day,
-                   sum(cost_usd) AS cost_usd, count(*) AS records
-              FROM removed
-             GROUP BY 1, 2) AS r
-     WHERE t.tenant_id = r.tenant_id AND t.day = r.day;
-    RETURN NULL;
-END
-$$;
-
-DROP FUNCTION IF EXISTS tenantstore_usage_totals_apply(
+DROP FUNCTION IF EXISTS tenantstore_usage_totals_shard_add(
     uuid, date, text, numeric, bigint, bigint, bigint, boolean);
 
 DELETE FROM usage_daily_totals;

@@ -14,10 +14,10 @@
 -- number of records and the input and output tokens as well as the cost, which
 -- get_tenant_usage_summary reads without summing rows.
 --
--- The statement-level triggers of 004 keep this table right for every writer (this
--- library, the Go service, psql, COPY): their functions are replaced here, with
--- the same names, so the triggers stay as they are. Each statement's rows are
--- folded by (tenant, day, model) and applied in that key order.
+-- The statement-level triggers of 009 keep this table right for every writer (this
+-- library, the Go service, psql, COPY): their function is replaced here, with the
+-- same name, so the triggers stay as they are. Each statement's rows are folded
+-- by (tenant, day, model) and applied in that key order.
 --
 -- prune_usage deletes old rows through tenantstore_prune_usage, which marks its
 -- transaction (the setting tenantstore.pruning) so that the delete trigger leaves
@@ -52,12 +52,11 @@ SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date, model, 0,
 -- Add (or, with negative amounts, subtract) one group's amounts to a shard.
 -- `may_add_shard` false (removals): never create a row, so a tenant being
 -- deleted (its totals cascade away) gets none back; wait for a held shard instead.
-CREATE FUNCTION tenantstore_usage_totals_apply(
+CREATE FUNCTION tenantstore_usage_totals_shard_add(
     p_tenant uuid, p_day date, p_model text, p_cost numeric, p_records bigint,
     p_input bigint, p_output bigint, may_add_shard boolean
 ) RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog, public
 AS $$
 DECLARE
     slot smallint;
@@ -117,66 +116,72 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION tenantstore_usage_totals_add() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, public
-AS $$
+-- 009's trigger function, now by (tenant, day, model) and through the shards: each
+-- statement's added and removed rows are folded into one delta per key and applied
+-- in key order (an UPDATE that moves rows between days locks both in that order,
+-- whichever way it moves them). A positive delta may add a shard; a negative one
+-- (rows removed) never creates a row (a tenant being deleted gets none back).
+CREATE OR REPLACE FUNCTION tenantstore_usage_totals_apply() RETURNS trigger
+LANGUAGE plpgsql AS $$
 DECLARE
     g record;
 BEGIN
-    FOR g IN
-        SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date AS day, model,
-               sum(cost_usd) AS cost_usd, count(*) AS records,
-               sum(input_tokens)::bigint AS input_tokens,
-               sum(output_tokens)::bigint AS output_tokens
-          FROM added
-         GROUP BY 1, 2, 3
-         ORDER BY 1, 2, 3
-    LOOP
-        PERFORM tenantstore_usage_totals_apply(
-            g.tenant_id, g.day, g.model, g.cost_usd, g.records, g.input_tokens,
-            g.output_tokens, true);
-    END LOOP;
-    RETURN NULL;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION tenantstore_usage_totals_remove() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, public
-AS $$
-DECLARE
-    g record;
-BEGIN
-    -- prune_usage's deletes: the totals go on counting what it removes.
-    IF TG_OP = 'DELETE'
-       AND current_setting('tenantstore.pruning', true) IS NOT DISTINCT FROM 'on' THEN
-        RETURN NULL;
+    IF TG_OP = 'DELETE' THEN
+        -- prune_usage's deletes: the totals go on counting what it removes.
+        IF current_setting('tenantstore.pruning', true) IS NOT DISTINCT FROM 'on' THEN
+            RETURN NULL;
+        END IF;
+        FOR g IN
+            SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date AS day, model,
+                   -sum(cost_usd) AS cost_usd, -count(*) AS records,
+                   -sum(input_tokens)::bigint AS input_tokens,
+                   -sum(output_tokens)::bigint AS output_tokens
+              FROM removed
+             GROUP BY 1, 2, 3
+             ORDER BY 1, 2, 3
+        LOOP
+            PERFORM tenantstore_usage_totals_shard_add(
+                g.tenant_id, g.day, g.model, g.cost_usd, g.records, g.input_tokens,
+                g.output_tokens, false);
+        END LOOP;
+    ELSIF TG_OP = 'INSERT' THEN
+        FOR g IN
+            SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date AS day, model,
+                   sum(cost_usd) AS cost_usd, count(*) AS records,
+                   sum(input_tokens)::bigint AS input_tokens,
+                   sum(output_tokens)::bigint AS output_tokens
+              FROM added
+             GROUP BY 1, 2, 3
+             ORDER BY 1, 2, 3
+        LOOP
+            PERFORM tenantstore_usage_totals_shard_add(
+                g.tenant_id, g.day, g.model, g.cost_usd, g.records, g.input_tokens,
+                g.output_tokens, true);
+        END LOOP;
+    ELSE
+        FOR g IN
+            SELECT tenant_id, day, model, sum(cost_usd) AS cost_usd,
+                   sum(records) AS records, sum(input_tokens) AS input_tokens,
+                   sum(output_tokens) AS output_tokens
+              FROM (SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date AS day,
+                           model, cost_usd, 1::bigint AS records,
+                           input_tokens::bigint, output_tokens::bigint
+                      FROM added
+                    UNION ALL
+                    SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date, model,
+                           -cost_usd, -1, -input_tokens::bigint, -output_tokens::bigint
+                      FROM removed) AS delta
+             GROUP BY 1, 2, 3
+            -- An UPDATE that changes no amount, day or model (most do) locks nothing.
+            HAVING sum(cost_usd) <> 0 OR sum(records) <> 0
+                OR sum(input_tokens) <> 0 OR sum(output_tokens) <> 0
+             ORDER BY 1, 2, 3
+        LOOP
+            PERFORM tenantstore_usage_totals_shard_add(
+                g.tenant_id, g.day, g.model, g.cost_usd, g.records::bigint,
+                g.input_tokens::bigint, g.output_tokens::bigint, g.records >= 0);
+        END LOOP;
     END IF;
-    FOR g IN
-        SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date AS day, model,
-               sum(cost_usd) AS cost_usd, count(*) AS records,
-               sum(input_tokens)::bigint AS input_tokens,
-               sum(output_tokens)::bigint AS output_tokens
-          FROM removed
-         GROUP BY 1, 2, 3
-         ORDER BY 1, 2, 3
-    LOOP
-        PERFORM tenantstore_usage_totals_apply(
-            g.tenant_id, g.day, g.model, -g.cost_usd, -g.records, -g.input_tokens,
-            -g.output_tokens, false);
-    END LOOP;
-    RETURN NULL;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION tenantstore_usage_totals_truncate() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, public
-AS $$
-BEGIN
-    -- DELETE, not TRUNCATE: the table may be in the same TRUNCATE ... CASCADE.
-    DELETE FROM usage_daily_totals;
     RETURN NULL;
 END
 $$;
@@ -186,9 +191,7 @@ $$;
 -- number deleted. The totals keep counting them (see the remove trigger).
 CREATE FUNCTION tenantstore_prune_usage(before timestamptz, batch integer)
 RETURNS bigint
-LANGUAGE plpgsql
-SET search_path = pg_catalog, public
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     deleted bigint;
 BEGIN
@@ -202,5 +205,21 @@ BEGIN
     GET DIAGNOSTICS deleted = ROW_COUNT;
     PERFORM set_config('tenantstore.pruning', 'off', true);
     RETURN deleted;
+END
+$$;
+
+-- Pinned search_path, as in 002: pg_catalog, the tables' schema, pg_temp last.
+DO $$
+BEGIN
+    EXECUTE format(
+        'ALTER FUNCTION tenantstore_usage_totals_shard_add(uuid, date, text, numeric, '
+        'bigint, bigint, bigint, boolean) SET search_path = pg_catalog, %I, pg_temp',
+        current_schema());
+    EXECUTE format(
+        'ALTER FUNCTION tenantstore_usage_totals_apply() SET search_path = pg_catalog, %I, pg_temp',
+        current_schema());
+    EXECUTE format(
+        'ALTER FUNCTION tenantstore_prune_usage(timestamptz, integer) SET search_path = pg_catalog, %I, pg_temp',
+        current_schema());
 END
 $$;

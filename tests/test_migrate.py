@@ -460,8 +460,8 @@ def test_upgrade_of_a_database_the_go_service_wrote(fresh_db: str) -> None:
     by_totals = rows(
         fresh_db,
         sql.SQL(
-            "SELECT tenant_id::text, day, cost_usd, records"
-            " FROM usage_daily_totals ORDER BY 1, 2"
+            "SELECT tenant_id::text, day, sum(cost_usd), sum(records)"
+            " FROM usage_daily_totals GROUP BY 1, 2 ORDER BY 1, 2"
         ),
     )
     assert by_totals == by_rows
