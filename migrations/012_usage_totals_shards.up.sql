@@ -63,12 +63,17 @@ DECLARE
     slot smallint;
     tries integer;
 BEGIN
-    SELECT shard INTO slot
-      FROM usage_daily_totals
-     WHERE tenant_id = p_tenant AND day = p_day AND model = p_model
-     ORDER BY shard
-     LIMIT 1
-       FOR UPDATE SKIP LOCKED;
+    -- One statement: the first shard no other transaction holds, updated.
+    UPDATE usage_daily_totals AS t
+       SET cost_usd = t.cost_usd + p_cost, records = t.records + p_records,
+           input_tokens = t.input_tokens + p_input,
+           output_tokens = t.output_tokens + p_output
+     WHERE (t.tenant_id, t.day, t.model, t.shard) = (
+           SELECT tenant_id, day, model, shard FROM usage_daily_totals
+            WHERE tenant_id = p_tenant AND day = p_day AND model = p_model
+            ORDER BY shard
+            LIMIT 1
+              FOR UPDATE SKIP LOCKED);
     IF NOT FOUND THEN
         IF NOT may_add_shard THEN
             -- Every shard is held by another writer (or there is none): wait for
@@ -106,14 +111,7 @@ BEGIN
                records = t.records + EXCLUDED.records,
                input_tokens = t.input_tokens + EXCLUDED.input_tokens,
                output_tokens = t.output_tokens + EXCLUDED.output_tokens;
-        RETURN;
     END IF;
-    UPDATE usage_daily_totals AS t
-       SET cost_usd = t.cost_usd + p_cost, records = t.records + p_records,
-           input_tokens = t.input_tokens + p_input,
-           output_tokens = t.output_tokens + p_output
-     WHERE t.tenant_id = p_tenant AND t.day = p_day AND t.model = p_model
-       AND t.shard = slot;
 END
 $$;
 
@@ -133,9 +131,23 @@ BEGIN
          GROUP BY 1, 2, 3
          ORDER BY 1, 2, 3
     LOOP
-        PERFORM tenantstore_usage_totals_apply(
-            g.tenant_id, g.day, g.model, g.cost_usd, g.records, g.input_tokens,
-            g.output_tokens, true);
+        -- The common case inline (a call per group costs as much again): a
+        -- shard that exists and no other transaction holds.
+        UPDATE usage_daily_totals AS t
+           SET cost_usd = t.cost_usd + g.cost_usd, records = t.records + g.records,
+               input_tokens = t.input_tokens + g.input_tokens,
+               output_tokens = t.output_tokens + g.output_tokens
+         WHERE (t.tenant_id, t.day, t.model, t.shard) = (
+               SELECT tenant_id, day, model, shard FROM usage_daily_totals
+                WHERE tenant_id = g.tenant_id AND day = g.day AND model = g.model
+                ORDER BY shard
+                LIMIT 1
+                  FOR UPDATE SKIP LOCKED);
+        IF NOT FOUND THEN
+            PERFORM tenantstore_usage_totals_apply(
+                g.tenant_id, g.day, g.model, g.cost_usd, g.records, g.input_tokens,
+                g.output_tokens, true);
+        END IF;
     END LOOP;
     RETURN NULL;
 END
