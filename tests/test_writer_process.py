@@ -250,6 +250,10 @@ def test_a_torn_last_record_is_skipped_and_counted(tmp_path: Path, damage: str) 
         assert again.skipped == 1
     finally:
         again.close()
+    usage = InMemoryUsageRepository(InMemoryTenantRepository())
+    with UsageWriter(usage, spool=tmp_path) as writer:  # the writer says so too
+        stats = writer.stats()
+        assert (stats.submitted, stats.spool_skipped) == (2, 1)
 
 
 def test_two_live_writers_on_one_spool_are_refused(tmp_path: Path) -> None:
