@@ -56,33 +56,42 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 _END: Final = bytes(_FRAME.size)  # a zero length: nothing follows
 _crc = zlib.crc32
+_pack_head = _HEAD.pack
+_pack_frame = _FRAME.pack
 
 
 def encode(record: UsageRecord) -> bytes:
     """The frame of a validated, timestamped record."""
+    # On the submit path: written out flat (no tuples, map or join), half the cost.
     assert record.timestamp is not None
-    texts = (
-        record.tenant_id.encode(),
-        record.request_id.encode(),
-        record.model.encode(),
-        record.provider.encode(),
-        record.status.encode(),
-        str(record.cost_usd).encode(),
-    )
-    payload = b"".join(
-        (
-            _HEAD.pack(
-                record.input_tokens,
-                record.output_tokens,
-                record.latency_ms,
-                record.cached,
-                (record.timestamp - _EPOCH) // _MICROSECOND,
-                *map(len, texts),
-            ),
-            *texts,
+    tenant = record.tenant_id.encode()
+    request = record.request_id.encode()
+    model = record.model.encode()
+    provider = record.provider.encode()
+    status = record.status.encode()
+    cost = str(record.cost_usd).encode()
+    payload = (
+        _pack_head(
+            record.input_tokens,
+            record.output_tokens,
+            record.latency_ms,
+            record.cached,
+            (record.timestamp - _EPOCH) // _MICROSECOND,
+            len(tenant),
+            len(request),
+            len(model),
+            len(provider),
+            len(status),
+            len(cost),
         )
+        + tenant
+        + request
+        + model
+        + provider
+        + status
+        + cost
     )
-    return _FRAME.pack(len(payload), _crc(payload)) + payload
+    return _pack_frame(len(payload), _crc(payload)) + payload
 
 
 def decode(payload: bytes) -> UsageRecord | None:

@@ -63,6 +63,8 @@ class UsageWriterStats:
     `submitted` = `written` + `duplicates` + `rejected` + `pending` at every
     instant. `submitted` includes records replayed from a spool. `retries` counts
     batches tried again after a failure (the database unreachable, a timeout).
+    `spool_skipped` counts records of the spool that could not be read back when
+    the writer started (torn by a crash mid-write, or corrupt): not replayed.
     """
 
     __module__ = "tenantstore"
@@ -74,6 +76,7 @@ class UsageWriterStats:
     pending: int
     batches: int
     retries: int
+    spool_skipped: int = 0
 
 
 class WriterQueue:
@@ -223,6 +226,7 @@ class WriterQueue:
                 pending=len(self._queue) + self.in_flight,
                 batches=self.batches,
                 retries=self.retries,
+                spool_skipped=0 if self._spool is None else self._spool.skipped,
             )
 
     def close(self) -> None:
