@@ -42,6 +42,11 @@ RENAMES = {
     "aevent_wait": "event_wait",
     "astop_worker": "stop_worker",
     "aclosing": "closing",
+    "ALock": "Lock",
+    "AsyncBudgetGuard": "BudgetGuard",
+    "AsyncReservation": "Reservation",
+    "_AsyncPostgresBook": "_PostgresBook",
+    "_AsyncMemoryBook": "_MemoryBook",
 }
 
 

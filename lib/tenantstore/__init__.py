@@ -6,16 +6,20 @@ sync and async. See the README for a tour.
 
 import logging as _logging
 
+from ._async.budget import AsyncBudgetGuard, AsyncReservation
 from ._async.cache import AsyncCachedTenantRepository
 from ._async.listener import AsyncTenantCacheListener
 from ._async.postgres import AsyncPostgresTenantRepository, AsyncPostgresUsageRepository
+from ._budgetstate import BudgetAlert, BudgetStatus
 from ._cachestate import CacheStats
+from ._sync.budget import BudgetGuard, Reservation
 from ._sync.cache import CachedTenantRepository
 from ._sync.listener import TenantCacheListener
 from ._sync.postgres import PostgresTenantRepository, PostgresUsageRepository
 from .cipher import KeyCipher
 from .clock import Clock, SystemClock
 from .errors import (
+    BudgetExceeded,
     CipherError,
     Conflict,
     DatabaseUnreachable,
@@ -42,14 +46,20 @@ from .repository import (
 )
 
 __all__ = [
+    "AsyncBudgetGuard",
     "AsyncCachedTenantRepository",
     "AsyncInMemoryTenantRepository",
     "AsyncInMemoryUsageRepository",
     "AsyncPostgresTenantRepository",
     "AsyncPostgresUsageRepository",
+    "AsyncReservation",
     "AsyncTenantCacheListener",
     "AsyncTenantRepository",
     "AsyncUsageRepository",
+    "BudgetAlert",
+    "BudgetExceeded",
+    "BudgetGuard",
+    "BudgetStatus",
     "CacheStats",
     "CachedTenantRepository",
     "CipherError",
@@ -62,6 +72,7 @@ __all__ = [
     "KeyCipher",
     "PostgresTenantRepository",
     "PostgresUsageRepository",
+    "Reservation",
     "StaleVersion",
     "StoreUnavailable",
     "SystemClock",

@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar, cast
 __all__ = [
     "AEvent",
     "AFlight",
+    "ALock",
     "AWorker",
     "Event",
     "Flight",
@@ -30,6 +31,7 @@ __all__ = [
 T = TypeVar("T")
 
 Lock = threading.Lock
+ALock = asyncio.Lock
 Event = threading.Event
 AEvent = asyncio.Event
 Worker = threading.Thread

@@ -1,0 +1,508 @@
+"""Budget bookkeeping without I/O, shared by `BudgetGuard` and `AsyncBudgetGuard`.
+
+What lives here: the month rule and the alert levels, the public value types
+(`BudgetStatus`, `BudgetAlert`), one process's view of a tenant's lease
+(`TenantLease`: what it may grant, what it holds), the lease step's arithmetic
+(`plan`), and the in-memory lease book that gives the in-memory backend the same
+answers as PostgreSQL. The PostgreSQL lease book and the guards are in
+`_async/budget.py` (and its generated twin).
+
+The invariant, per tenant and month, with S the month's spend, L_p the lease of
+process p in the book and H_p what p's open reservations hold:
+
+    (1) every lease step leaves S + sum(L) <= budget       (it grants no more)
+    (2) a settle adds its cost c to S and takes max(c, estimate) from L_p
+    (3) H_p <= L_p, except by what p's settles cost beyond their estimates
+
+so S + sum(H) <= budget while every settle is within its estimate. A lease step
+counts only live leases (not expired by the guards' clock) and reads S and the
+others' leases in one snapshot, under a per-tenant lock that orders lease steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import weakref
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_DOWN, Decimal
+from typing import Final, Literal
+
+from .errors import TenantNotFound
+from .memory import AsyncInMemoryUsageRepository, InMemoryUsageRepository
+from .models import UsageRecord
+from .validation import COST_MAX, money
+
+__all__ = [
+    "LEVELS",
+    "AlertLevel",
+    "BudgetAlert",
+    "BudgetStatus",
+    "Decision",
+    "MemoryBook",
+    "Snapshot",
+    "TenantLease",
+    "crossed",
+    "level_of",
+    "memory_book",
+    "memory_usage",
+    "month_of",
+    "plan",
+]
+
+AlertLevel = Literal["warning", "critical", "exceeded"]
+
+# The Go service's thresholds (internal/budget: 0.8 and 0.95), and 100 %.
+LEVELS: Final[tuple[tuple[AlertLevel, Decimal], ...]] = (
+    ("warning", Decimal("0.80")),
+    ("critical", Decimal("0.95")),
+    ("exceeded", Decimal("1")),
+)
+ZERO: Final = Decimal("0")
+_STEP: Final = Decimal("1E-10")  # cost precision: leases are amounts of cost
+
+
+def estimate_amount(value: object) -> Decimal:
+    """A reservation's estimate, validated as a cost (`InvalidInput` names it)."""
+    return money("estimate", value, _STEP, COST_MAX)
+
+
+def month_of(now: datetime) -> tuple[datetime, datetime]:
+    """The calendar month in UTC that contains `now`: [start, end)."""
+    now = now.astimezone(UTC)
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (start + timedelta(days=32)).replace(day=1)
+    return start, end
+
+
+def crossed(spend: Decimal, budget: Decimal) -> tuple[AlertLevel, ...]:
+    """Every level that `spend` has reached, lowest first (none without a limit)."""
+    if budget <= 0:
+        return ()
+    return tuple(level for level, share in LEVELS if spend >= budget * share)
+
+
+def level_of(spend: Decimal, budget: Decimal) -> AlertLevel | None:
+    levels = crossed(spend, budget)
+    return levels[-1] if levels else None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetStatus:
+    """A tenant's budget this month, as one process sees it.
+
+    `spent_usd` is every usage record of the month, whoever wrote it;
+    `held_usd` what open reservations hold: this process's own, plus the shares
+    other processes have leased (an upper bound of what theirs hold).
+    `remaining_usd` is what may still be reserved (None: `budget_usd` is 0, no
+    limit). `level` is the highest alert level reached, or None.
+    """
+
+    __module__ = "tenantstore"
+
+    budget_usd: Decimal
+    spent_usd: Decimal
+    held_usd: Decimal
+    remaining_usd: Decimal | None
+    period_start: datetime
+    period_end: datetime
+    level: AlertLevel | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetAlert:
+    """A tenant's spend reached a level this month ("warning" at 80 %,
+    "critical" at 95 %, "exceeded" at 100 % of `budget_usd`), as `spent_usd` read
+    when the level was first seen; fired once per tenant, month and level across
+    every process sharing the store."""
+
+    __module__ = "tenantstore"
+
+    tenant_id: str
+    level: AlertLevel
+    budget_usd: Decimal
+    spent_usd: Decimal
+    period_start: datetime
+    timestamp: datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What a lease step reads at once: the tenant's budget (None: no tenant), the
+    month's spend, and the other holders' live leases (count, sum of their
+    positive amounts, whether all are lean, whether one asked for a reclaim)."""
+
+    budget: Decimal | None
+    spend: Decimal
+    others: Decimal
+    others_count: int
+    others_lean: bool
+    reclaim: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decision:
+    """What a lease step writes and answers.
+
+    `target` is this holder's new lease; `granted` whether `estimate` fits;
+    `definitive` whether a refusal is final (no other holder keeps an idle
+    share that a reclaim could bring back); `short` asks the others to go lean.
+    """
+
+    budget: Decimal
+    spend: Decimal
+    others: Decimal
+    target: Decimal
+    granted: bool
+    unlimited: bool
+    lean: bool
+    short: bool
+    definitive: bool
+
+
+def _share(available: Decimal, others_count: int) -> Decimal:
+    """The idle share a lease step takes on top of what it needs.
+
+    Half of what is free, split among the holders that have a lease: the shares
+    shrink as the remaining budget does, and a newcomer always finds some left.
+    """
+    if available <= 0:
+        return ZERO
+    return (available / (2 * (others_count + 1))).quantize(_STEP, rounding=ROUND_DOWN)
+
+
+def plan(snap: Snapshot, held: Decimal, estimate: Decimal, *, idle: bool) -> Decision:
+    """The lease step's arithmetic: the new lease, and whether `estimate` fits.
+
+    `held` is what this holder's reservations hold, read before the snapshot (a
+    reservation settled meanwhile is then counted twice, never not at all).
+    `estimate` 0 renews without reserving; `idle` gives the share back.
+    """
+    if snap.budget is None:
+        raise TenantNotFound("no such tenant")
+    budget = snap.budget
+    if budget <= 0:
+        return Decision(
+            budget, snap.spend, snap.others, ZERO, True, True, False, False, False
+        )
+    free = budget - snap.spend - snap.others
+    need = held + estimate
+    # Spend at or past the budget refuses even an estimate of 0, as the Go
+    # service's IsBudgetExceeded does (spend >= budget).
+    fits = need <= free and snap.spend < budget
+    lean = snap.reclaim or not fits or idle
+    if fits:
+        target = need if lean else need + _share(free - need, snap.others_count)
+        granted = True
+    else:
+        target = max(ZERO, min(free, held))
+        granted = False
+    reserving = estimate > 0 or not idle
+    definitive = snap.others_count == 0 or snap.others_lean
+    return Decision(
+        budget,
+        snap.spend,
+        snap.others,
+        target,
+        granted,
+        False,
+        lean,
+        not granted and reserving and not definitive,
+        definitive,
+    )
+
+
+class TenantLease:
+    """One process's lease on one tenant's month, and what it holds.
+
+    `lease` mirrors this holder's `amount` in the book: every change to one is
+    the same delta applied to the other (settles commute with lease steps).
+    Reservations are granted from `lease - held` without I/O while the lease is
+    fresh, not lean and no lease step is running; `stepping` blocks that during
+    a step, so that `held` only falls while the step computes the new lease.
+    """
+
+    __slots__ = (
+        "asked_budget",
+        "budget",
+        "expires",
+        "fired",
+        "held",
+        "lean",
+        "lease",
+        "lock",
+        "period",
+        "settled",
+        "spend",
+        "stepping",
+        "tenant_id",
+        "used",
+    )
+
+    def __init__(self, tenant_id: str) -> None:
+        self.tenant_id = tenant_id
+        self.lock = threading.Lock()
+        self.period: date | None = None
+        self.budget = ZERO  # budget_usd the store had at the last step
+        self.asked_budget: Decimal | None = None  # the caller's, at that step
+        self.lease = ZERO
+        self.held = ZERO
+        self.expires: datetime | None = None
+        self.lean = False
+        self.stepping = False
+        self.spend = ZERO  # the month's spend read at the last step
+        self.settled = ZERO  # what this process settled since
+        self.fired: set[str] = set()  # levels known fired this period
+        self.used = 0.0  # monotonic time of the last reservation
+
+    def try_grant(
+        self,
+        estimate: Decimal,
+        budget: Decimal,
+        period: date,
+        fresh_until: datetime,
+        mono: float,
+    ) -> bool:
+        """Grant from the held share, without I/O, if it safely can."""
+        with self.lock:
+            if (
+                self.stepping
+                or self.lean
+                or self.period != period
+                or self.asked_budget != budget
+                or self.expires is None
+                or self.expires <= fresh_until
+                or self.lease - self.held < estimate
+                or self.spend + self.settled >= self.budget
+            ):
+                return False
+            self.held += estimate
+            self.used = mono
+            return True
+
+    def begin_step(self, period: date) -> tuple[Decimal, Decimal]:
+        """Block local grants; return (held, lease) for the step to plan with."""
+        with self.lock:
+            self.stepping = True
+            if self.period != period:
+                # A new month: nothing is known fired yet, nothing settled in it.
+                self.period = period
+                self.fired = set()
+                self.spend = ZERO
+                self.settled = ZERO
+            return self.held, self.lease
+
+    def end_step(
+        self,
+        decision: Decision | None,
+        lease_read: Decimal,
+        estimate: Decimal,
+        asked: Decimal,
+        expires: datetime,
+        mono: float,
+    ) -> None:
+        """Apply a committed step (None: it failed, nothing changed)."""
+        with self.lock:
+            self.stepping = False
+            if decision is None:
+                return
+            self.lease += decision.target - lease_read
+            if decision.granted and not decision.unlimited:
+                self.held += estimate
+                self.used = mono
+            self.lean = decision.lean
+            self.budget = decision.budget
+            self.asked_budget = asked
+            self.spend = decision.spend
+            self.settled = ZERO
+            self.expires = expires
+
+    def release_locally(self, estimate: Decimal) -> bool:
+        """Release a hold without I/O if the lease may keep the freed share."""
+        with self.lock:
+            if self.lean or self.stepping:
+                return False
+            self.held -= estimate
+            return True
+
+    def returned(self, estimate: Decimal) -> None:
+        """A hold went back to the book (a release while lean, a duplicate)."""
+        with self.lock:
+            self.lease -= estimate
+            self.held -= estimate
+
+    def settled_one(self, cost: Decimal, estimate: Decimal) -> Decimal:
+        """A settle committed: apply it; return the month's spend as now known."""
+        with self.lock:
+            self.lease -= max(cost, estimate)
+            self.held -= estimate
+            self.settled += cost
+            return self.spend + self.settled
+
+    def unfired(self, spend: Decimal, budget: Decimal) -> list[AlertLevel]:
+        with self.lock:
+            return [lv for lv in crossed(spend, budget) if lv not in self.fired]
+
+    def mark_fired(self, levels: list[AlertLevel]) -> None:
+        with self.lock:
+            self.fired.update(levels)
+
+
+# -- the in-memory lease book ------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class _Row:
+    period: date
+    amount: Decimal
+    lean: bool
+    short_at: datetime | None
+    expires: datetime
+
+
+class MemoryBook:
+    """Leases and fired alerts of one in-memory store, as the database keeps them.
+
+    Every guard over the same `InMemoryUsageRepository` shares this book, so
+    several guards in one process behave as several processes on one database.
+    """
+
+    def __init__(self, usage: InMemoryUsageRepository) -> None:
+        self.usage = usage
+        self.lock = threading.Lock()
+        self.rows: dict[tuple[str, str], _Row] = {}
+        self.alerts: set[tuple[str, date, str]] = set()
+
+    def _budget(self, tenant_id: str) -> Decimal | None:
+        tenant = self.usage._state.tenants.get(tenant_id)
+        return None if tenant is None else tenant.budget_usd
+
+    def _snapshot(
+        self, tenant_id: str, holder: str, period: date, now: datetime, since: datetime
+    ) -> Snapshot:
+        others = [
+            row
+            for (tid, h), row in self.rows.items()
+            if tid == tenant_id and h != holder and row.period == period
+            if row.expires > now
+        ]
+        start = datetime(period.year, period.month, 1, tzinfo=UTC)
+        return Snapshot(
+            self._budget(tenant_id),
+            self.usage.get_tenant_total_cost(tenant_id, start),
+            sum((max(r.amount, ZERO) for r in others), ZERO),
+            len(others),
+            all(r.lean for r in others),
+            any(r.short_at is not None and r.short_at > since for r in others),
+        )
+
+    def step(
+        self,
+        tenant_id: str,
+        holder: str,
+        period: date,
+        now: datetime,
+        since: datetime,
+        expires: datetime,
+        lease_read: Decimal,
+        planner: Callable[[Snapshot], Decision],
+    ) -> Decision:
+        with self.lock:
+            for key in [
+                k
+                for k, r in self.rows.items()
+                if k[0] == tenant_id
+                and k[1] != holder
+                and (r.expires <= now or r.period != period)
+            ]:
+                del self.rows[key]
+            decision = planner(self._snapshot(tenant_id, holder, period, now, since))
+            row = self.rows.get((tenant_id, holder))
+            if row is None:
+                row = self.rows[tenant_id, holder] = _Row(
+                    period, decision.target, decision.lean, None, expires
+                )
+            else:
+                row.amount += decision.target - lease_read
+                row.period, row.lean, row.expires = period, decision.lean, expires
+            if decision.short:
+                row.short_at = now
+            return decision
+
+    def snapshot(
+        self, tenant_id: str, holder: str, period: date, now: datetime, since: datetime
+    ) -> Snapshot:
+        with self.lock:
+            return self._snapshot(tenant_id, holder, period, now, since)
+
+    def settle(
+        self,
+        usage: InMemoryUsageRepository,
+        record: UsageRecord,
+        holder: str,
+        spent: Decimal,
+        unspent: Decimal,
+    ) -> bool:
+        with self.lock:
+            inserted = usage.record(record)
+            row = self.rows.get((record.tenant_id, holder))
+            if row is not None:
+                row.amount -= spent if inserted else unspent
+            return inserted
+
+    def adjust(self, tenant_id: str, holder: str, delta: Decimal) -> None:
+        with self.lock:
+            row = self.rows.get((tenant_id, holder))
+            if row is not None:
+                row.amount += delta
+
+    def reclaims(
+        self, tenant_ids: list[str], holder: str, now: datetime, since: datetime
+    ) -> set[str]:
+        wanted = set(tenant_ids)
+        with self.lock:
+            return {
+                tid
+                for (tid, h), r in self.rows.items()
+                if tid in wanted and h != holder and r.expires > now
+                if r.short_at is not None and r.short_at > since
+            }
+
+    def fire(
+        self, tenant_id: str, period: date, levels: list[AlertLevel]
+    ) -> list[AlertLevel]:
+        with self.lock:
+            if tenant_id not in self.usage._state.tenants:
+                return []
+            new = [lv for lv in levels if (tenant_id, period, lv) not in self.alerts]
+            self.alerts.update((tenant_id, period, lv) for lv in new)
+            return new
+
+    def drop(self, tenant_ids: list[str], holder: str) -> None:
+        with self.lock:
+            for tid in tenant_ids:
+                self.rows.pop((tid, holder), None)
+
+
+_BOOKS: weakref.WeakKeyDictionary[object, MemoryBook] = weakref.WeakKeyDictionary()
+_BOOKS_LOCK = threading.Lock()
+
+
+def memory_usage(usage: object) -> InMemoryUsageRepository | None:
+    """The sync in-memory repository behind `usage`, or None if it is not one."""
+    if isinstance(usage, AsyncInMemoryUsageRepository):
+        usage = usage.sync
+    return usage if isinstance(usage, InMemoryUsageRepository) else None
+
+
+def memory_book(usage: InMemoryUsageRepository) -> MemoryBook:
+    """The lease book of the store `usage` keeps its records in."""
+    # Keyed by the store's lock: the store's state has slots and no weak
+    # references, its lock has both, lives exactly as long, and is one per store.
+    key = usage._state.lock
+    with _BOOKS_LOCK:
+        book = _BOOKS.get(key)
+        if book is None:
+            book = _BOOKS[key] = MemoryBook(usage)
+        return book
