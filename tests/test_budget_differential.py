@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -128,7 +129,7 @@ class BudgetMachine(RuleBasedStateMachine):
         self.budgets: list[Decimal] = []
 
     def each(self, action: Callable[[Side], Any]) -> Any:
-        results = [outcome(lambda side=side: action(side)) for side in self.sides]
+        results = [outcome(functools.partial(action, side)) for side in self.sides]
         first = results[0]
         for side, result in zip(self.sides[1:], results[1:], strict=True):
             assert result == first, (self.sides[0].name, first, side.name, result)
@@ -311,36 +312,34 @@ def test_budget_guards_agree_on_every_backend(
     )
     try:
 
-        def make() -> BudgetMachine:
-            truncate(pg_url)
-            truncate(async_url)
-            clock = FakeClock()
-            memory = InMemoryTenantRepository(clock=clock)
-            sides = [
-                Side("memory", memory, InMemoryUsageRepository(memory), clock),
-                Side(
-                    "postgres",
-                    PostgresTenantRepository(session_pool, clock=clock),
-                    PostgresUsageRepository(session_pool, clock=clock),
-                    clock,
-                ),
-                Side(
-                    "async postgres",
-                    AsyncPostgresTenantRepository(apool, clock=clock),
-                    AsyncPostgresUsageRepository(apool, clock=clock),
-                    clock,
-                    run=runner.run,
-                    guard_type=AsyncBudgetGuard,
-                ),
-            ]
-            return BudgetMachine(sides, clock)
+        class Bound(BudgetMachine):
+            def __init__(self) -> None:
+                truncate(pg_url)
+                truncate(async_url)
+                clock = FakeClock()
+                memory = InMemoryTenantRepository(clock=clock)
+                sides = [
+                    Side("memory", memory, InMemoryUsageRepository(memory), clock),
+                    Side(
+                        "postgres",
+                        PostgresTenantRepository(session_pool, clock=clock),
+                        PostgresUsageRepository(session_pool, clock=clock),
+                        clock,
+                    ),
+                    Side(
+                        "async postgres",
+                        AsyncPostgresTenantRepository(apool, clock=clock),
+                        AsyncPostgresUsageRepository(apool, clock=clock),
+                        clock,
+                        run=runner.run,
+                        guard_type=AsyncBudgetGuard,
+                    ),
+                ]
+                super().__init__(sides, clock)
 
-        run_state_machine_as_test(
-            make,
-            settings=settings(
-                settings.default, max_examples=min(settings.default.max_examples, 40)
-            ),
-        )
+        # Capped: each example runs three backends, two of them on PostgreSQL.
+        examples = min(settings().max_examples, 40)
+        run_state_machine_as_test(Bound, settings=settings(max_examples=examples))
     finally:
         runner.run(apool.close())
         runner.close()
