@@ -32,7 +32,7 @@ LARGEST_ESTIMATE = Decimal("0.05")
 
 def _count(url: str, sql: str, *params: object) -> int:
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(sql, params).fetchone()
         assert row is not None
         return int(row[0])
 
@@ -45,14 +45,14 @@ def _amount(url: str, holder: str) -> Decimal:
         return Decimal(0) if row is None else Decimal(row[0])
 
 
-def test_four_processes_spend_one_budget_exactly(clean_db: str) -> None:
+def test_four_processes_spend_one_budget_exactly(clean_db: str, tmp_path: Path) -> None:
     url = clean_db
     with create_pool(url, min_size=1, max_size=2) as pool:
         tenant = PostgresTenantRepository(pool).create(
             Tenant(name="shared", api_key_hash=hash_api_key("k"), budget_usd=BUDGET)
         )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "lib")}
-    outputs = [ROOT / f".budget-worker-{os.getpid()}-{i}.out" for i in range(4)]
+    outputs = [tmp_path / f"worker-{i}.out" for i in range(4)]
     children = []
     for i, output in enumerate(outputs):
         with output.open("w") as sink:
@@ -117,8 +117,6 @@ def test_four_processes_spend_one_budget_exactly(clean_db: str) -> None:
                 child.kill()
                 child.wait()
     lines = [line for out in outputs for line in out.read_text().splitlines()]
-    for out in outputs:
-        out.unlink()
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
             "SELECT coalesce(sum(cost_usd), 0) FROM usage_records WHERE tenant_id = %s",
