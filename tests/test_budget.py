@@ -391,3 +391,20 @@ def test_guard_options_are_checked(store: Store) -> None:
     with pytest.raises(InvalidInput) as bad:
         BudgetGuard(store.tenants, object())
     assert bad.value.field == "usage"
+
+
+def test_reservations_come_from_the_held_share_without_io(store: Store) -> None:
+    tenant = store.tenant("100.00")
+    guard = store.guard()
+    for _ in range(10):
+        guard.reserve(tenant, D("0.01")).release()
+    stats = guard.stats()
+    assert (stats.reserved, stats.reserved_locally, stats.lease_steps) == (10, 9, 1)
+    trips = stats.round_trips
+    guard.reserve(tenant, D("0.01")).settle(store.record(tenant, "0.01"))
+    stats = guard.stats()
+    assert (stats.settled, stats.refused) == (1, 0)
+    # A settle is one statement (the record and the lease change together).
+    assert stats.round_trips - trips == (
+        0 if isinstance(store.usage, InMemoryUsageRepository) else 1
+    )

@@ -10,7 +10,7 @@ from ._async.budget import AsyncBudgetGuard, AsyncReservation
 from ._async.cache import AsyncCachedTenantRepository
 from ._async.listener import AsyncTenantCacheListener
 from ._async.postgres import AsyncPostgresTenantRepository, AsyncPostgresUsageRepository
-from ._budgetstate import BudgetAlert, BudgetStatus
+from ._budgetstate import BudgetAlert, BudgetStats, BudgetStatus
 from ._cachestate import CacheStats
 from ._sync.budget import BudgetGuard, Reservation
 from ._sync.cache import CachedTenantRepository
@@ -59,6 +59,7 @@ __all__ = [
     "BudgetAlert",
     "BudgetExceeded",
     "BudgetGuard",
+    "BudgetStats",
     "BudgetStatus",
     "CacheStats",
     "CachedTenantRepository",

@@ -38,6 +38,7 @@ __all__ = [
     "LEVELS",
     "AlertLevel",
     "BudgetAlert",
+    "BudgetStats",
     "BudgetStatus",
     "Decision",
     "MemoryBook",
@@ -125,6 +126,23 @@ class BudgetAlert:
     spent_usd: Decimal
     period_start: datetime
     timestamp: datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetStats:
+    """What a guard did since it was made: reservations granted on limited
+    budgets (`reserved`; `reserved_locally` of them from the held share, without
+    I/O), `refused`, `lease_steps` (transactions taking or renewing a share),
+    `settled`, and `round_trips` to the database (0 in memory)."""
+
+    __module__ = "tenantstore"
+
+    reserved: int
+    reserved_locally: int
+    refused: int
+    lease_steps: int
+    settled: int
+    round_trips: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -228,9 +246,11 @@ class TenantLease:
         "budget",
         "expires",
         "fired",
+        "granted",
         "held",
         "lean",
         "lease",
+        "local",
         "lock",
         "period",
         "settled",
@@ -255,6 +275,8 @@ class TenantLease:
         self.settled = ZERO  # what this process settled since
         self.fired: set[str] = set()  # levels known fired this period
         self.used = 0.0  # monotonic time of the last reservation
+        self.granted = 0  # reservations granted (limited budgets only)
+        self.local = 0  # of which without I/O
 
     def try_grant(
         self,
@@ -279,6 +301,8 @@ class TenantLease:
                 return False
             self.held += estimate
             self.used = mono
+            self.granted += 1
+            self.local += 1
             return True
 
     def begin_step(self, period: date) -> tuple[Decimal, Decimal]:
@@ -311,6 +335,7 @@ class TenantLease:
             if decision.granted and not decision.unlimited:
                 self.held += estimate
                 self.used = mono
+                self.granted += 1
             self.lean = decision.lean
             self.budget = decision.budget
             self.asked_budget = asked

@@ -27,6 +27,7 @@ from .._budgetstate import (
     ZERO,
     AlertLevel,
     BudgetAlert,
+    BudgetStats,
     BudgetStatus,
     Decision,
     MemoryBook,
@@ -66,13 +67,23 @@ def _check_tenant(tenant: object) -> None:
 
 
 class _AsyncPostgresBook:
-    """Leases and alerts in PostgreSQL (migration 014), through the usage pool."""
+    """Leases and alerts in PostgreSQL (migration 014), through the usage pool.
 
-    __slots__ = ("_pool", "_prepare")
+    `trips` counts the round trips to the server (a lease step takes six: BEGIN,
+    the lock, the clean-up, the snapshot, the write, COMMIT; everything else one).
+    """
+
+    __slots__ = ("_lock", "_pool", "_prepare", "trips")
 
     def __init__(self, pool: AsyncConnectionPool, prepare: bool) -> None:
         self._pool = pool
         self._prepare = prepare
+        self._lock = Lock()
+        self.trips = 0
+
+    def _count(self, trips: int) -> None:
+        with self._lock:
+            self.trips += trips
 
     def _snapshot_params(
         self,
@@ -99,6 +110,7 @@ class _AsyncPostgresBook:
     ) -> Decision:
         statement, params = self._snapshot_params(tenant_id, holder, start, now, since)
         prepare = self._prepare
+        self._count(6)
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 await conn.execute(
@@ -140,6 +152,7 @@ class _AsyncPostgresBook:
         return Snapshot(*row)
 
     async def _one(self, statement: str, params: dict[str, Any]) -> Any:
+        self._count(1)
         try:
             async with self._pool.connection() as conn:
                 cur = await conn.execute(statement, params, prepare=self._prepare)
@@ -148,6 +161,7 @@ class _AsyncPostgresBook:
             raise translate_error(exc) from exc
 
     async def _all(self, statement: str, params: dict[str, Any]) -> list[Any]:
+        self._count(1)
         try:
             async with self._pool.connection() as conn:
                 cur = await conn.execute(statement, params, prepare=self._prepare)
@@ -175,6 +189,7 @@ class _AsyncPostgresBook:
         )
 
     async def _all_no_rows(self, statement: str, params: dict[str, Any]) -> None:
+        self._count(1)
         try:
             async with self._pool.connection() as conn:
                 await conn.execute(statement, params, prepare=self._prepare)
@@ -214,11 +229,12 @@ class _AsyncPostgresBook:
 class _AsyncMemoryBook:
     """The in-memory store's lease book (`_budgetstate.MemoryBook`), awaitable."""
 
-    __slots__ = ("_book", "_usage")
+    __slots__ = ("_book", "_usage", "trips")
 
     def __init__(self, usage: InMemoryUsageRepository) -> None:
         self._usage = usage
         self._book: MemoryBook = memory_book(usage)
+        self.trips = 0  # no server, no round trips
 
     async def step(
         self,
@@ -395,6 +411,9 @@ class AsyncBudgetGuard:
         self._stop = AEvent()
         self._worker: AWorker | None = None
         self._closed = False
+        self._refused = 0
+        self._steps = 0
+        self._settles = 0
 
     # -- the request path -----------------------------------------------------------
 
@@ -438,6 +457,8 @@ class AsyncBudgetGuard:
             if decision.granted:
                 return AsyncReservation(self, tenant.id, amount, lease)
             if decision.definitive or clock.monotonic() >= deadline:
+                with self._lock:
+                    self._refused += 1
                 raise BudgetExceeded(
                     tenant.id,
                     decision.budget,
@@ -467,6 +488,8 @@ class AsyncBudgetGuard:
             self._usage, record, self._holder, max(cost, estimate), estimate
         )
         reservation._done = True
+        with self._lock:
+            self._settles += 1
         if not inserted:
             lease.returned(estimate)
             return False
@@ -523,6 +546,22 @@ class AsyncBudgetGuard:
             period_start=start,
             period_end=end,
             level=level_of(spent, budget),
+        )
+
+    def stats(self) -> BudgetStats:
+        """Counters since the guard was made (see `BudgetStats`)."""
+        with self._lock:
+            leases = list(self._leases.values())
+            refused, steps, settles = self._refused, self._steps, self._settles
+        granted = sum(lease.granted for lease in leases)
+        local = sum(lease.local for lease in leases)
+        return BudgetStats(
+            reserved=granted,
+            reserved_locally=local,
+            refused=refused,
+            lease_steps=steps,
+            settled=settles,
+            round_trips=self._book.trips,
         )
 
     def on_threshold(self, callback: Callable[[BudgetAlert], object]) -> None:
@@ -589,6 +628,8 @@ class AsyncBudgetGuard:
         """One lease step; the caller holds the tenant's step lock."""
         held, lease_read = lease.begin_step(start.date())
         expires = now + self._lease_time
+        with self._lock:
+            self._steps += 1
         decision: Decision | None = None
         try:
             decision = await self._book.step(

@@ -28,6 +28,7 @@ from .._budgetstate import (
     ZERO,
     AlertLevel,
     BudgetAlert,
+    BudgetStats,
     BudgetStatus,
     Decision,
     MemoryBook,
@@ -67,13 +68,23 @@ def _check_tenant(tenant: object) -> None:
 
 
 class _PostgresBook:
-    """Leases and alerts in PostgreSQL (migration 014), through the usage pool."""
+    """Leases and alerts in PostgreSQL (migration 014), through the usage pool.
 
-    __slots__ = ("_pool", "_prepare")
+    `trips` counts the round trips to the server (a lease step takes six: BEGIN,
+    the lock, the clean-up, the snapshot, the write, COMMIT; everything else one).
+    """
+
+    __slots__ = ("_lock", "_pool", "_prepare", "trips")
 
     def __init__(self, pool: ConnectionPool, prepare: bool) -> None:
         self._pool = pool
         self._prepare = prepare
+        self._lock = Lock()
+        self.trips = 0
+
+    def _count(self, trips: int) -> None:
+        with self._lock:
+            self.trips += trips
 
     def _snapshot_params(
         self,
@@ -100,6 +111,7 @@ class _PostgresBook:
     ) -> Decision:
         statement, params = self._snapshot_params(tenant_id, holder, start, now, since)
         prepare = self._prepare
+        self._count(6)
         try:
             with self._pool.connection() as conn, conn.transaction():
                 conn.execute(
@@ -141,6 +153,7 @@ class _PostgresBook:
         return Snapshot(*row)
 
     def _one(self, statement: str, params: dict[str, Any]) -> Any:
+        self._count(1)
         try:
             with self._pool.connection() as conn:
                 cur = conn.execute(statement, params, prepare=self._prepare)
@@ -149,6 +162,7 @@ class _PostgresBook:
             raise translate_error(exc) from exc
 
     def _all(self, statement: str, params: dict[str, Any]) -> list[Any]:
+        self._count(1)
         try:
             with self._pool.connection() as conn:
                 cur = conn.execute(statement, params, prepare=self._prepare)
@@ -176,6 +190,7 @@ class _PostgresBook:
         )
 
     def _all_no_rows(self, statement: str, params: dict[str, Any]) -> None:
+        self._count(1)
         try:
             with self._pool.connection() as conn:
                 conn.execute(statement, params, prepare=self._prepare)
@@ -215,11 +230,12 @@ class _PostgresBook:
 class _MemoryBook:
     """The in-memory store's lease book (`_budgetstate.MemoryBook`), awaitable."""
 
-    __slots__ = ("_book", "_usage")
+    __slots__ = ("_book", "_usage", "trips")
 
     def __init__(self, usage: InMemoryUsageRepository) -> None:
         self._usage = usage
         self._book: MemoryBook = memory_book(usage)
+        self.trips = 0  # no server, no round trips
 
     def step(
         self,
@@ -396,6 +412,9 @@ class BudgetGuard:
         self._stop = Event()
         self._worker: Worker | None = None
         self._closed = False
+        self._refused = 0
+        self._steps = 0
+        self._settles = 0
 
     # -- the request path -----------------------------------------------------------
 
@@ -439,6 +458,8 @@ class BudgetGuard:
             if decision.granted:
                 return Reservation(self, tenant.id, amount, lease)
             if decision.definitive or clock.monotonic() >= deadline:
+                with self._lock:
+                    self._refused += 1
                 raise BudgetExceeded(
                     tenant.id,
                     decision.budget,
@@ -468,6 +489,8 @@ class BudgetGuard:
             self._usage, record, self._holder, max(cost, estimate), estimate
         )
         reservation._done = True
+        with self._lock:
+            self._settles += 1
         if not inserted:
             lease.returned(estimate)
             return False
@@ -524,6 +547,22 @@ class BudgetGuard:
             period_start=start,
             period_end=end,
             level=level_of(spent, budget),
+        )
+
+    def stats(self) -> BudgetStats:
+        """Counters since the guard was made (see `BudgetStats`)."""
+        with self._lock:
+            leases = list(self._leases.values())
+            refused, steps, settles = self._refused, self._steps, self._settles
+        granted = sum(lease.granted for lease in leases)
+        local = sum(lease.local for lease in leases)
+        return BudgetStats(
+            reserved=granted,
+            reserved_locally=local,
+            refused=refused,
+            lease_steps=steps,
+            settled=settles,
+            round_trips=self._book.trips,
         )
 
     def on_threshold(self, callback: Callable[[BudgetAlert], object]) -> None:
@@ -590,6 +629,8 @@ class BudgetGuard:
         """One lease step; the caller holds the tenant's step lock."""
         held, lease_read = lease.begin_step(start.date())
         expires = now + self._lease_time
+        with self._lock:
+            self._steps += 1
         decision: Decision | None = None
         try:
             decision = self._book.step(
