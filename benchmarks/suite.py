@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from benchmarks import (
     scenarios_async,
+    scenarios_budget,
     scenarios_cache,
     scenarios_migrate,
     scenarios_revocation,
@@ -19,6 +20,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     *scenarios_revocation.SCENARIOS,
     *scenarios_tenants.SCENARIOS,
     *scenarios_usage.SCENARIOS,
+    *scenarios_budget.SCENARIOS,
     *scenarios_async.SCENARIOS,
     *scenarios_migrate.SCENARIOS,
 )

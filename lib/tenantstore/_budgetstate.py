@@ -26,7 +26,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from typing import Final, Literal
 
 from .errors import TenantNotFound
@@ -61,11 +61,16 @@ LEVELS: Final[tuple[tuple[AlertLevel, Decimal], ...]] = (
     ("exceeded", Decimal("1")),
 )
 ZERO: Final = Decimal("0")
+_CLOSED: Final = float("-inf")
 _STEP: Final = Decimal("1E-10")  # cost precision: leases are amounts of cost
 
 
 def estimate_amount(value: object) -> Decimal:
     """A reservation's estimate, validated as a cost (`InvalidInput` names it)."""
+    # On the hot path: a plain Decimal in range needs only its rounding (a
+    # quarter of `money`'s cost); everything else takes the full check.
+    if type(value) is Decimal and value.is_finite() and ZERO < value <= COST_MAX:
+        return value.quantize(_STEP, rounding=ROUND_HALF_EVEN)
     return money("estimate", value, _STEP, COST_MAX)
 
 
@@ -246,15 +251,18 @@ class TenantLease:
         "budget",
         "expires",
         "fired",
-        "granted",
+        "free",
+        "fresh_until",
         "held",
         "lean",
         "lease",
         "local",
         "lock",
+        "open_until",
         "period",
         "settled",
         "spend",
+        "stepped",
         "stepping",
         "tenant_id",
         "used",
@@ -275,33 +283,28 @@ class TenantLease:
         self.settled = ZERO  # what this process settled since
         self.fired: set[str] = set()  # levels known fired this period
         self.used = 0.0  # monotonic time of the last reservation
-        self.granted = 0  # reservations granted (limited budgets only)
-        self.local = 0  # of which without I/O
+        self.local = 0  # reservations granted without I/O
+        self.stepped = 0  # and by a lease step
+        self.free = ZERO  # lease - held
+        self.fresh_until = _CLOSED  # monotonic: local grants stop by then
+        self.open_until = _CLOSED  # fresh_until, or -inf while grants are closed
 
-    def try_grant(
-        self,
-        estimate: Decimal,
-        budget: Decimal,
-        period: date,
-        fresh_until: datetime,
-        mono: float,
-    ) -> bool:
-        """Grant from the held share, without I/O, if it safely can."""
+    def try_grant(self, estimate: Decimal, budget: Decimal, mono: float) -> bool:
+        """Grant from the held share, without I/O, if it safely can.
+
+        The hot path: `open_until` (monotonic) is the end of the lease's safe
+        time and of the month, or -inf while a step runs, while lean, and once
+        the month's known spend has reached the budget; `budget` is the caller's
+        `budget_usd`, which must be the one the last step saw.
+        """
         with self.lock:
-            if (
-                self.stepping
-                or self.lean
-                or self.period != period
-                or self.asked_budget != budget
-                or self.expires is None
-                or self.expires <= fresh_until
-                or self.lease - self.held < estimate
-                or self.spend + self.settled >= self.budget
-            ):
+            if mono >= self.open_until or estimate > self.free:
                 return False
+            if budget != self.asked_budget:
+                return False
+            self.free -= estimate
             self.held += estimate
             self.used = mono
-            self.granted += 1
             self.local += 1
             return True
 
@@ -309,6 +312,7 @@ class TenantLease:
         """Block local grants; return (held, lease) for the step to plan with."""
         with self.lock:
             self.stepping = True
+            self.open_until = _CLOSED
             if self.period != period:
                 # A new month: nothing is known fired yet, nothing settled in it.
                 self.period = period
@@ -324,24 +328,47 @@ class TenantLease:
         estimate: Decimal,
         asked: Decimal,
         expires: datetime,
+        fresh_until: float,
         mono: float,
     ) -> None:
-        """Apply a committed step (None: it failed, nothing changed)."""
+        """Apply a committed step (None: it failed, nothing changed).
+
+        `fresh_until` (monotonic) is when local grants must stop: a margin
+        before the lease expires, and no later than the month's end.
+        """
         with self.lock:
             self.stepping = False
             if decision is None:
+                self._reopen()
                 return
             self.lease += decision.target - lease_read
             if decision.granted and not decision.unlimited:
                 self.held += estimate
                 self.used = mono
-                self.granted += 1
+                self.stepped += 1
             self.lean = decision.lean
             self.budget = decision.budget
             self.asked_budget = asked
             self.spend = decision.spend
             self.settled = ZERO
             self.expires = expires
+            self.fresh_until = fresh_until
+            self._reopen()
+
+    def _reopen(self) -> None:
+        # Under self.lock: recompute what the hot path reads.
+        self.free = self.lease - self.held
+        closed = (
+            self.stepping
+            or self.lean
+            or self.expires is None
+            or self.spend + self.settled >= self.budget
+        )
+        self.open_until = _CLOSED if closed else self.fresh_until
+
+    @property
+    def granted(self) -> int:
+        return self.local + self.stepped
 
     def release_locally(self, estimate: Decimal) -> bool:
         """Release a hold without I/O if the lease may keep the freed share."""
@@ -349,6 +376,7 @@ class TenantLease:
             if self.lean or self.stepping:
                 return False
             self.held -= estimate
+            self.free += estimate
             return True
 
     def returned(self, estimate: Decimal) -> None:
@@ -357,13 +385,24 @@ class TenantLease:
             self.lease -= estimate
             self.held -= estimate
 
+    def released_unreturned(self, estimate: Decimal) -> None:
+        """A hold ends but its share stays leased (the book could not be told)."""
+        with self.lock:
+            self.held -= estimate
+            self.free += estimate
+
     def settled_one(self, cost: Decimal, estimate: Decimal) -> Decimal:
         """A settle committed: apply it; return the month's spend as now known."""
         with self.lock:
-            self.lease -= max(cost, estimate)
+            spent = max(cost, estimate)
+            self.lease -= spent
             self.held -= estimate
+            self.free -= spent - estimate
             self.settled += cost
-            return self.spend + self.settled
+            known = self.spend + self.settled
+            if known >= self.budget:
+                self.open_until = _CLOSED
+            return known
 
     def unfired(self, spend: Decimal, budget: Decimal) -> list[AlertLevel]:
         with self.lock:

@@ -423,18 +423,16 @@ class AsyncBudgetGuard:
         (its `budget_usd` decides; a changed budget is read from the store at
         once); `estimate` is validated as a cost (`InvalidInput` "estimate").
         """
-        _check_tenant(tenant)
+        if type(tenant) is not Tenant:
+            _check_tenant(tenant)
         amount = estimate_amount(estimate)
         budget = tenant.budget_usd
         if budget <= 0:
             return AsyncReservation(self, tenant.id, amount, _UNLIMITED)
         clock = self._clock
-        now = clock.now()
-        start = month_of(now)[0]
-        lease = self._lease(tenant.id)
-        if lease.try_grant(
-            amount, budget, start.date(), now + self._fresh_margin, clock.monotonic()
-        ):
+        lease = self._leases.get(tenant.id) or self._lease(tenant.id)
+        # The hot path: from the held share, no I/O, no wall-clock read.
+        if lease.try_grant(amount, budget, clock.monotonic()):
             return AsyncReservation(self, tenant.id, amount, lease)
         if self._closed:
             raise InvalidInput("guard", "is closed")
@@ -442,16 +440,11 @@ class AsyncBudgetGuard:
         deadline = clock.monotonic() + self._reclaim_wait
         while True:
             async with self._step_lock(tenant.id):
-                if lease.try_grant(
-                    amount,
-                    budget,
-                    start.date(),
-                    now + self._fresh_margin,
-                    clock.monotonic(),
-                ):
+                if lease.try_grant(amount, budget, clock.monotonic()):
                     return AsyncReservation(self, tenant.id, amount, lease)
                 held = lease.held
-                decision = await self._step(lease, amount, budget, now, start, False)
+                now = clock.now()
+                decision = await self._step(lease, amount, budget, now, False)
             if decision.unlimited:
                 return AsyncReservation(self, tenant.id, amount, _UNLIMITED)
             if decision.granted:
@@ -470,8 +463,6 @@ class AsyncBudgetGuard:
             # renewal (asked by `short`), or its lease expires. Ask again then.
             if await aevent_wait(self._stop, self._poll):
                 raise InvalidInput("guard", "is closed")
-            now = clock.now()
-            start = month_of(now)[0]
 
     async def _settle(self, reservation: AsyncReservation, record: UsageRecord) -> bool:
         record = usage_for_write(record, utc(self._usage_clock.now()))
@@ -510,8 +501,7 @@ class AsyncBudgetGuard:
             await self._book.adjust(lease.tenant_id, self._holder, -estimate)
         except TenantStoreError:
             _log.warning("budget: a released hold stays leased until renewal")
-            with lease.lock:
-                lease.held -= estimate
+            lease.released_unreturned(estimate)
             return
         lease.returned(estimate)
 
@@ -611,7 +601,7 @@ class AsyncBudgetGuard:
                 continue
             try:
                 async with self._step_lock(lease.tenant_id):
-                    await self._step(lease, ZERO, asked, now, start, idle)
+                    await self._step(lease, ZERO, asked, now, idle)
             except TenantNotFound:
                 with self._lock:
                     self._leases.pop(lease.tenant_id, None)
@@ -622,10 +612,18 @@ class AsyncBudgetGuard:
         estimate: Decimal,
         asked: Decimal,
         now: datetime,
-        start: datetime,
         idle: bool,
     ) -> Decision:
         """One lease step; the caller holds the tenant's step lock."""
+        start, end = month_of(now)
+        mono = self._clock.monotonic()
+        # Local grants stop a margin before the lease expires (so a renewal
+        # that is late never lets two processes count one share), and at the
+        # month's end (the next month needs a step of its own).
+        fresh_until = mono + min(
+            (self._lease_time - self._fresh_margin).total_seconds(),
+            (end - now).total_seconds(),
+        )
         held, lease_read = lease.begin_step(start.date())
         expires = now + self._lease_time
         with self._lock:
@@ -644,7 +642,7 @@ class AsyncBudgetGuard:
             )
         finally:
             lease.end_step(
-                decision, lease_read, estimate, asked, expires, self._clock.monotonic()
+                decision, lease_read, estimate, asked, expires, fresh_until, mono
             )
         assert decision is not None
         if not decision.unlimited:
