@@ -69,9 +69,23 @@ def estimate_amount(value: object) -> Decimal:
     """A reservation's estimate, validated as a cost (`InvalidInput` names it)."""
     # On the hot path: a plain Decimal in range needs only its rounding (a
     # quarter of `money`'s cost); everything else takes the full check.
-    if type(value) is Decimal and value.is_finite() and ZERO < value <= COST_MAX:
-        return value.quantize(_STEP, rounding=ROUND_HALF_EVEN)
+    if type(value) is Decimal:
+        known = _ESTIMATES.get(value)
+        if known is not None:
+            return known
+        if value.is_finite() and ZERO < value <= COST_MAX:
+            amount = value.quantize(_STEP, rounding=ROUND_HALF_EVEN)
+            if len(_ESTIMATES) >= 4096:  # many distinct estimates: start over
+                _ESTIMATES.clear()
+            _ESTIMATES[value] = amount
+            return amount
     return money("estimate", value, _STEP, COST_MAX)
+
+
+# Estimates seen, validated: a gateway's estimates repeat (per model, per size
+# class), and a dict lookup costs a fifth of the rounding. Equal Decimals hash
+# alike, and a key's quantized value is the same for all of them.
+_ESTIMATES: dict[Decimal, Decimal] = {}
 
 
 def month_of(now: datetime) -> tuple[datetime, datetime]:
@@ -253,7 +267,6 @@ class TenantLease:
         "fired",
         "free",
         "fresh_until",
-        "held",
         "lean",
         "lease",
         "local",
@@ -275,7 +288,6 @@ class TenantLease:
         self.budget = ZERO  # budget_usd the store had at the last step
         self.asked_budget: Decimal | None = None  # the caller's, at that step
         self.lease = ZERO
-        self.held = ZERO
         self.expires: datetime | None = None
         self.lean = False
         self.stepping = False
@@ -285,7 +297,7 @@ class TenantLease:
         self.used = 0.0  # monotonic time of the last reservation
         self.local = 0  # reservations granted without I/O
         self.stepped = 0  # and by a lease step
-        self.free = ZERO  # lease - held
+        self.free = ZERO  # lease minus what reservations hold
         self.fresh_until = _CLOSED  # monotonic: local grants stop by then
         self.open_until = _CLOSED  # fresh_until, or -inf while grants are closed
 
@@ -303,7 +315,6 @@ class TenantLease:
             if budget != self.asked_budget:
                 return False
             self.free -= estimate
-            self.held += estimate
             self.used = mono
             self.local += 1
             return True
@@ -319,7 +330,7 @@ class TenantLease:
                 self.fired = set()
                 self.spend = ZERO
                 self.settled = ZERO
-            return self.held, self.lease
+            return self.lease - self.free, self.lease
 
     def end_step(
         self,
@@ -341,11 +352,13 @@ class TenantLease:
             if decision is None:
                 self._reopen()
                 return
+            held = self.lease - self.free
             self.lease += decision.target - lease_read
             if decision.granted and not decision.unlimited:
-                self.held += estimate
+                held += estimate
                 self.used = mono
                 self.stepped += 1
+            self.free = self.lease - held
             self.lean = decision.lean
             self.budget = decision.budget
             self.asked_budget = asked
@@ -357,7 +370,6 @@ class TenantLease:
 
     def _reopen(self) -> None:
         # Under self.lock: recompute what the hot path reads.
-        self.free = self.lease - self.held
         closed = (
             self.stepping
             or self.lean
@@ -370,25 +382,28 @@ class TenantLease:
     def granted(self) -> int:
         return self.local + self.stepped
 
+    @property
+    def held(self) -> Decimal:
+        """What this process's open reservations hold."""
+        with self.lock:
+            return self.lease - self.free
+
     def release_locally(self, estimate: Decimal) -> bool:
         """Release a hold without I/O if the lease may keep the freed share."""
         with self.lock:
             if self.lean or self.stepping:
                 return False
-            self.held -= estimate
             self.free += estimate
             return True
 
     def returned(self, estimate: Decimal) -> None:
         """A hold went back to the book (a release while lean, a duplicate)."""
         with self.lock:
-            self.lease -= estimate
-            self.held -= estimate
+            self.lease -= estimate  # and the hold: `free` stays
 
     def released_unreturned(self, estimate: Decimal) -> None:
         """A hold ends but its share stays leased (the book could not be told)."""
         with self.lock:
-            self.held -= estimate
             self.free += estimate
 
     def settled_one(self, cost: Decimal, estimate: Decimal) -> Decimal:
@@ -396,7 +411,6 @@ class TenantLease:
         with self.lock:
             spent = max(cost, estimate)
             self.lease -= spent
-            self.held -= estimate
             self.free -= spent - estimate
             self.settled += cost
             known = self.spend + self.settled

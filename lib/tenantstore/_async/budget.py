@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from .. import _budgetsql
 from .._acompat import AEvent, ALock, AWorker, Lock, aevent_wait, aspawn, astop_worker
 from .._budgetstate import (
+    _ESTIMATES,
     ZERO,
     AlertLevel,
     BudgetAlert,
@@ -339,6 +340,13 @@ class AsyncReservation:
         if self._done:
             return
         self._done = True
+        lease = self._lease
+        if lease is None:
+            return
+        with lease.lock:  # TenantLease.release_locally, inlined (the hot path)
+            if not (lease.lean or lease.stepping):
+                lease.free += self.estimate_usd
+                return
         await self._guard._release(self)
 
 
@@ -385,6 +393,7 @@ class AsyncBudgetGuard:
         self._tenants = tenants
         self._usage = usage
         self._clock = clock or SYSTEM_CLOCK
+        self._monotonic = self._clock.monotonic
         memory = memory_usage(usage)
         self._book: _AsyncPostgresBook | _AsyncMemoryBook
         if memory is not None:
@@ -425,15 +434,27 @@ class AsyncBudgetGuard:
         """
         if type(tenant) is not Tenant:
             _check_tenant(tenant)
-        amount = estimate_amount(estimate)
+        amount = _ESTIMATES.get(estimate) if type(estimate) is Decimal else None
+        if amount is None:
+            amount = estimate_amount(estimate)
         budget = tenant.budget_usd
-        if budget <= 0:
+        if budget <= ZERO:
             return AsyncReservation(self, tenant.id, amount, _UNLIMITED)
         clock = self._clock
         lease = self._leases.get(tenant.id) or self._lease(tenant.id)
-        # The hot path: from the held share, no I/O, no wall-clock read.
-        if lease.try_grant(amount, budget, clock.monotonic()):
-            return AsyncReservation(self, tenant.id, amount, lease)
+        # The hot path: from the held share, no I/O, no wall-clock read
+        # (TenantLease.try_grant, inlined: a method call is a tenth of it).
+        mono = self._monotonic()
+        with lease.lock:
+            if (
+                mono < lease.open_until
+                and amount <= lease.free
+                and budget == lease.asked_budget
+            ):
+                lease.free -= amount
+                lease.used = mono
+                lease.local += 1
+                return AsyncReservation(self, tenant.id, amount, lease)
         if self._closed:
             raise InvalidInput("guard", "is closed")
         self._start_worker()
@@ -493,8 +514,6 @@ class AsyncBudgetGuard:
         if lease is None:
             return
         estimate = reservation.estimate_usd
-        if lease.release_locally(estimate):
-            return
         # Lean (or a step is running): the hold goes back to the book, so that no
         # share stays idle here while another process is short.
         try:

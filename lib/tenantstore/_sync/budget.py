@@ -25,6 +25,7 @@ from psycopg_pool import ConnectionPool
 from .. import _budgetsql
 from .._acompat import Event, Lock, Worker, event_wait, spawn, stop_worker
 from .._budgetstate import (
+    _ESTIMATES,
     ZERO,
     AlertLevel,
     BudgetAlert,
@@ -340,6 +341,13 @@ class Reservation:
         if self._done:
             return
         self._done = True
+        lease = self._lease
+        if lease is None:
+            return
+        with lease.lock:  # TenantLease.release_locally, inlined (the hot path)
+            if not (lease.lean or lease.stepping):
+                lease.free += self.estimate_usd
+                return
         self._guard._release(self)
 
 
@@ -386,6 +394,7 @@ class BudgetGuard:
         self._tenants = tenants
         self._usage = usage
         self._clock = clock or SYSTEM_CLOCK
+        self._monotonic = self._clock.monotonic
         memory = memory_usage(usage)
         self._book: _PostgresBook | _MemoryBook
         if memory is not None:
@@ -426,15 +435,27 @@ class BudgetGuard:
         """
         if type(tenant) is not Tenant:
             _check_tenant(tenant)
-        amount = estimate_amount(estimate)
+        amount = _ESTIMATES.get(estimate) if type(estimate) is Decimal else None
+        if amount is None:
+            amount = estimate_amount(estimate)
         budget = tenant.budget_usd
-        if budget <= 0:
+        if budget <= ZERO:
             return Reservation(self, tenant.id, amount, _UNLIMITED)
         clock = self._clock
         lease = self._leases.get(tenant.id) or self._lease(tenant.id)
-        # The hot path: from the held share, no I/O, no wall-clock read.
-        if lease.try_grant(amount, budget, clock.monotonic()):
-            return Reservation(self, tenant.id, amount, lease)
+        # The hot path: from the held share, no I/O, no wall-clock read
+        # (TenantLease.try_grant, inlined: a method call is a tenth of it).
+        mono = self._monotonic()
+        with lease.lock:
+            if (
+                mono < lease.open_until
+                and amount <= lease.free
+                and budget == lease.asked_budget
+            ):
+                lease.free -= amount
+                lease.used = mono
+                lease.local += 1
+                return Reservation(self, tenant.id, amount, lease)
         if self._closed:
             raise InvalidInput("guard", "is closed")
         self._start_worker()
@@ -494,8 +515,6 @@ class BudgetGuard:
         if lease is None:
             return
         estimate = reservation.estimate_usd
-        if lease.release_locally(estimate):
-            return
         # Lean (or a step is running): the hold goes back to the book, so that no
         # share stays idle here while another process is short.
         try:
