@@ -11,7 +11,9 @@ The invariant, per tenant and month, with S the month's spend, L_p the lease of
 process p in the book and H_p what p's open reservations hold:
 
     (1) every lease step leaves S + sum(L) <= budget       (it grants no more)
-    (2) a settle adds its cost c to S and takes max(c, estimate) from L_p
+    (2) a settle adds its cost c to S, and takes max(c, estimate) from what p may
+        grant (from L_p in the book too while p is lean: until p's next step the
+        book counts that amount twice, in S and in L_p, which only under-grants)
     (3) H_p <= L_p, except by what p's settles cost beyond their estimates
 
 so S + sum(H) <= budget while every settle is within its estimate. A lease step
@@ -198,23 +200,39 @@ class Decision:
     definitive: bool
 
 
-def _share(available: Decimal, others_count: int) -> Decimal:
+# A share covers this many reservations of the typical estimate, at most: enough
+# that lease steps are rare (one per SHARE_RESERVATIONS reservations per process),
+# little enough that idle shares strand little of a budget that is running out.
+SHARE_RESERVATIONS: Final = 32
+
+
+def _share(available: Decimal, others_count: int, typical: Decimal) -> Decimal:
     """The idle share a lease step takes on top of what it needs.
 
-    Half of what is free, split among the holders that have a lease: the shares
-    shrink as the remaining budget does, and a newcomer always finds some left.
+    At most SHARE_RESERVATIONS typical estimates, and at most half of what is
+    free split among the holders that have a lease: the shares shrink as the
+    remaining budget does, and a newcomer always finds some left.
     """
     if available <= 0:
         return ZERO
-    return (available / (2 * (others_count + 1))).quantize(_STEP, rounding=ROUND_DOWN)
+    half = available / (2 * (others_count + 1))
+    return min(half, typical * SHARE_RESERVATIONS).quantize(_STEP, rounding=ROUND_DOWN)
 
 
-def plan(snap: Snapshot, held: Decimal, estimate: Decimal, *, idle: bool) -> Decision:
+def plan(
+    snap: Snapshot,
+    held: Decimal,
+    estimate: Decimal,
+    *,
+    idle: bool,
+    typical: Decimal,
+) -> Decision:
     """The lease step's arithmetic: the new lease, and whether `estimate` fits.
 
     `held` is what this holder's reservations hold, read before the snapshot (a
     reservation settled meanwhile is then counted twice, never not at all).
-    `estimate` 0 renews without reserving; `idle` gives the share back.
+    `estimate` 0 renews without reserving; `idle` gives the share back;
+    `typical` is the estimate the share is sized by (the last one reserved).
     """
     if snap.budget is None:
         raise TenantNotFound("no such tenant")
@@ -230,7 +248,8 @@ def plan(snap: Snapshot, held: Decimal, estimate: Decimal, *, idle: bool) -> Dec
     fits = need <= free and snap.spend < budget
     lean = snap.reclaim or not fits or idle
     if fits:
-        target = need if lean else need + _share(free - need, snap.others_count)
+        extra = _share(free - need, snap.others_count, typical)
+        target = need if lean else need + extra
         granted = True
     else:
         target = max(ZERO, min(free, held))
@@ -255,6 +274,10 @@ class TenantLease:
 
     `lease` mirrors this holder's `amount` in the book: every change to one is
     the same delta applied to the other (settles commute with lease steps).
+    A settle lowers it in the book only while lean (when the others must see
+    exactly what this process holds); otherwise the settle is a plain usage
+    insert, and `consumed` keeps what it used until the next step rebases the
+    lease.
     Reservations are granted from `lease - held` without I/O while the lease is
     fresh, not lean and no lease step is running; `stepping` blocks that during
     a step, so that `held` only falls while the step computes the new lease.
@@ -263,6 +286,7 @@ class TenantLease:
     __slots__ = (
         "asked_budget",
         "budget",
+        "consumed",
         "expires",
         "fired",
         "free",
@@ -278,6 +302,7 @@ class TenantLease:
         "stepped",
         "stepping",
         "tenant_id",
+        "typical",
         "used",
     )
 
@@ -295,9 +320,11 @@ class TenantLease:
         self.settled = ZERO  # what this process settled since
         self.fired: set[str] = set()  # levels known fired this period
         self.used = 0.0  # monotonic time of the last reservation
+        self.typical = ZERO  # the estimate of the last reservation that stepped
         self.local = 0  # reservations granted without I/O
         self.stepped = 0  # and by a lease step
-        self.free = ZERO  # lease minus what reservations hold
+        self.free = ZERO  # lease - held - consumed: what may still be granted
+        self.consumed = ZERO  # settled since the last step, still in the book's lease
         self.fresh_until = _CLOSED  # monotonic: local grants stop by then
         self.open_until = _CLOSED  # fresh_until, or -inf while grants are closed
 
@@ -319,8 +346,8 @@ class TenantLease:
             self.local += 1
             return True
 
-    def begin_step(self, period: date) -> tuple[Decimal, Decimal]:
-        """Block local grants; return (held, lease) for the step to plan with."""
+    def begin_step(self, period: date) -> tuple[Decimal, Decimal, Decimal]:
+        """Block local grants; return (held, lease, consumed) for the step."""
         with self.lock:
             self.stepping = True
             self.open_until = _CLOSED
@@ -330,12 +357,13 @@ class TenantLease:
                 self.fired = set()
                 self.spend = ZERO
                 self.settled = ZERO
-            return self.lease - self.free, self.lease
+            return self.lease - self.free - self.consumed, self.lease, self.consumed
 
     def end_step(
         self,
         decision: Decision | None,
         lease_read: Decimal,
+        consumed_read: Decimal,
         estimate: Decimal,
         asked: Decimal,
         expires: datetime,
@@ -352,13 +380,17 @@ class TenantLease:
             if decision is None:
                 self._reopen()
                 return
-            held = self.lease - self.free
+            held = self.lease - self.free - self.consumed
             self.lease += decision.target - lease_read
+            # What was consumed before `held` was read is in the snapshot's spend
+            # (applied here only after its commit) and out of `held`: the new
+            # lease no longer carries it. What came after may be in neither.
+            self.consumed -= consumed_read
             if decision.granted and not decision.unlimited:
                 held += estimate
                 self.used = mono
                 self.stepped += 1
-            self.free = self.lease - held
+            self.free = self.lease - held - self.consumed
             self.lean = decision.lean
             self.budget = decision.budget
             self.asked_budget = asked
@@ -386,7 +418,7 @@ class TenantLease:
     def held(self) -> Decimal:
         """What this process's open reservations hold."""
         with self.lock:
-            return self.lease - self.free
+            return self.lease - self.free - self.consumed
 
     def release_locally(self, estimate: Decimal) -> bool:
         """Release a hold without I/O if the lease may keep the freed share."""
@@ -406,11 +438,19 @@ class TenantLease:
         with self.lock:
             self.free += estimate
 
-    def settled_one(self, cost: Decimal, estimate: Decimal) -> Decimal:
-        """A settle committed: apply it; return the month's spend as now known."""
+    def settled_one(self, cost: Decimal, estimate: Decimal, *, booked: bool) -> Decimal:
+        """A settle committed: apply it; return the month's spend as now known.
+
+        `booked`: the settle lowered the lease in the book too (while lean); else
+        the lease in the book still counts it, and `consumed` remembers that
+        until the next step (the book over-counts this process meanwhile: safe).
+        """
         with self.lock:
             spent = max(cost, estimate)
-            self.lease -= spent
+            if booked:
+                self.lease -= spent
+            else:
+                self.consumed += spent
             self.free -= spent - estimate
             self.settled += cost
             known = self.spend + self.settled

@@ -86,6 +86,10 @@ class _AsyncPostgresBook:
         with self._lock:
             self.trips += trips
 
+    def note_trip(self) -> None:
+        """A round trip made through the usage repository (a plain settle)."""
+        self._count(1)
+
     def _snapshot_params(
         self,
         tenant_id: str,
@@ -236,6 +240,9 @@ class _AsyncMemoryBook:
         self._usage = usage
         self._book: MemoryBook = memory_book(usage)
         self.trips = 0  # no server, no round trips
+
+    def note_trip(self) -> None:
+        pass
 
     async def step(
         self,
@@ -413,6 +420,11 @@ class AsyncBudgetGuard:
         self._renew_interval = renew_interval
         self._reclaim_wait = lease_time if reclaim_wait is None else reclaim_wait
         self._poll = (renew_interval or lease_time / 10) / 4
+        # How long a refusal keeps asking the others to go lean: a few of their
+        # renewals (it asks again each time it polls), else a whole lease.
+        self._reclaim_window = timedelta(
+            seconds=3 * renew_interval if renew_interval else lease_time
+        )
         self._leases: dict[str, TenantLease] = {}
         self._step_locks: dict[str, ALock] = {}
         self._lock = Lock()
@@ -496,16 +508,29 @@ class AsyncBudgetGuard:
             reservation._done = True
             return inserted
         cost = record.cost_usd
-        inserted = await self._book.settle(
-            self._usage, record, self._holder, max(cost, estimate), estimate
-        )
+        with lease.lock:
+            booked = lease.lean or lease.stepping
+        if booked:
+            # Lean: the record and the lease change in one statement, so that
+            # the others see exactly what this process still holds.
+            inserted = await self._book.settle(
+                self._usage, record, self._holder, max(cost, estimate), estimate
+            )
+        else:
+            # A plain insert (as `usage.record`): no write to the lease row, so
+            # this process's settles do not queue on it.
+            inserted = await self._usage.record(record)
+            self._book.note_trip()
         reservation._done = True
         with self._lock:
             self._settles += 1
         if not inserted:
-            lease.returned(estimate)
+            if booked:
+                lease.returned(estimate)
+            else:
+                lease.released_unreturned(estimate)
             return False
-        spend = lease.settled_one(cost, estimate)
+        spend = lease.settled_one(cost, estimate, booked=booked)
         await self._alerts(lease, spend, lease.budget, self._clock.now())
         return True
 
@@ -533,7 +558,7 @@ class AsyncBudgetGuard:
         now = self._clock.now()
         start, end = month_of(now)
         snap = await self._book.snapshot(
-            tenant.id, self._holder, start, now, now - self._lease_time
+            tenant.id, self._holder, start, now, now - self._reclaim_window
         )
         if snap.budget is None:
             raise TenantNotFound("no such tenant")
@@ -601,7 +626,7 @@ class AsyncBudgetGuard:
             ]
         if not active:
             return
-        since = now - self._lease_time
+        since = now - self._reclaim_window
         wanted = await self._book.reclaims(
             [lease.tenant_id for lease in active], self._holder, now, since
         )
@@ -643,7 +668,10 @@ class AsyncBudgetGuard:
             (self._lease_time - self._fresh_margin).total_seconds(),
             (end - now).total_seconds(),
         )
-        held, lease_read = lease.begin_step(start.date())
+        held, lease_read, consumed_read = lease.begin_step(start.date())
+        if estimate > 0:
+            lease.typical = estimate
+        typical = lease.typical
         expires = now + self._lease_time
         with self._lock:
             self._steps += 1
@@ -654,14 +682,21 @@ class AsyncBudgetGuard:
                 self._holder,
                 start,
                 now,
-                now - self._lease_time,
+                now - self._reclaim_window,
                 expires,
                 lease_read,
-                lambda snap: plan(snap, held, estimate, idle=idle),
+                lambda snap: plan(snap, held, estimate, idle=idle, typical=typical),
             )
         finally:
             lease.end_step(
-                decision, lease_read, estimate, asked, expires, fresh_until, mono
+                decision,
+                lease_read,
+                consumed_read,
+                estimate,
+                asked,
+                expires,
+                fresh_until,
+                mono,
             )
         assert decision is not None
         if not decision.unlimited:
