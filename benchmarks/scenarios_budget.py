@@ -6,9 +6,10 @@ cached key lookup (SHA-256 + `dict.get`, target ≤ 3x), and against what a gate
 does today to enforce a budget before the request: `get_tenant_total_cost` for the
 month on every request (one query).
 
-`budget-settle` times `reserve` + `settle` (the settle records the usage and lowers
-the lease in one statement) against the hand-written INSERT of the same record, and
-against today's read-then-record (`get_tenant_total_cost`, then `record`).
+`budget-settle` times `reserve` + `settle` (while the tenant is not short, the
+settle is a plain usage insert: the lease row is rebased at the next lease step)
+against the hand-written INSERT of the same record, and against today's
+read-then-record (`get_tenant_total_cost`, then `record`).
 
 `budget-contended` runs 4 processes of 8 threads (tests/budget_worker.py) spending
 one tenant's budget until it is refused, once with the guard and once the way a
@@ -226,7 +227,7 @@ def budget_settle(ctx: Context) -> Iterator[list[Variant]]:
                 "BudgetGuard.reserve + settle",
                 "ours",
                 per_call(ours, _record(tenant.id, "ours"), _check_true),
-                note="one statement: the record and the lease",
+                note="a plain insert (the lease row waits for the next step)",
             ),
             Variant(
                 "hand-written INSERT of the record, same pool",
@@ -308,6 +309,7 @@ def _contend(url: str, tenant_id: str, mode: str, go: Path) -> dict[str, float]:
         "reservations": made,
         "trips": trips if mode == "guard" else 2 * made,
         "steps": steps,
+        "start": min(starts),
     }
 
 
@@ -329,8 +331,20 @@ def budget_contended(ctx: Context) -> Iterator[list[Variant]]:
                         " WHERE tenant_id = %s",
                         (tenant.id,),
                     ).fetchone()
+                    # When 90 % of the budget was spent, and by how many requests:
+                    # the rate before the end, where refusals wait to be exact.
+                    ninety = conn.execute(
+                        "SELECT created_at, n FROM (SELECT created_at, count(*)"
+                        " OVER w AS n, sum(cost_usd) OVER w AS s FROM usage_records"
+                        " WHERE tenant_id = %s WINDOW w AS (ORDER BY created_at,"
+                        " request_id)) t WHERE s >= %s ORDER BY created_at LIMIT 1",
+                        (tenant.id, budget * Decimal("0.9")),
+                    ).fetchone()
                 assert row is not None
+                assert ninety is not None
                 overspent[mode] = max(Decimal(0), row[0] - budget)
+                seconds = ninety[0].timestamp() - runs[mode]["start"]
+                runs[mode]["rate90"] = ninety[1] / seconds
     if overspent["guard"] != 0:
         raise CheckFailed(f"the guard overspent by {overspent['guard']}")
 
@@ -339,12 +353,13 @@ def budget_contended(ctx: Context) -> Iterator[list[Variant]]:
         per_s = run["reservations"] / run["seconds"]
         per_k = 1000 * run["trips"] / run["reservations"]
         text = (
-            f"{int(run['reservations']):,} reservations, {per_s:,.0f}/s, "
+            f"{int(run['reservations']):,} reservations, {per_s:,.0f}/s "
+            f"({run['rate90']:,.0f}/s until 90 % spent), "
             f"{per_k:,.0f} round trips per 1,000"
         )
         if mode == "guard":
             text += f" ({int(run['steps']):,} lease steps)"
-        return text + f", overspent ${overspent[mode]}"
+        return text + f", overspent ${overspent[mode].quantize(Decimal('0.01'))}"
 
     def per_reservation(mode: str) -> float:
         return runs[mode]["seconds"] / runs[mode]["reservations"]

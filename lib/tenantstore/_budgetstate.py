@@ -203,7 +203,7 @@ class Decision:
 # A share covers this many reservations of the typical estimate, at most: enough
 # that lease steps are rare (one per SHARE_RESERVATIONS reservations per process),
 # little enough that idle shares strand little of a budget that is running out.
-SHARE_RESERVATIONS: Final = 32
+SHARE_RESERVATIONS: Final = 16
 
 
 def _share(available: Decimal, others_count: int, typical: Decimal) -> Decimal:
