@@ -48,11 +48,11 @@ def test_status_of_a_new_database(
     out = capsys.readouterr().out
     assert out.splitlines() == [
         "version: none",
-        "latest:  10",
+        "latest:  14",
         "pending: 001_initial, 002_contract, 003_contract_backfill,"
         " 004_usage_request_index, 005_usage_dedupe, 006_usage_request_key,"
         " 007_usage_request_index_drop, 008_tenant_notify, 009_usage_daily_totals,"
-        " 010_usage_daily_totals_backfill",
+        " 010_usage_daily_totals_backfill, 014_budget_leases",
     ]
 
 
@@ -62,7 +62,7 @@ def test_up_then_status_shows_the_latest_version(
     monkeypatch.setenv("DATABASE_URL", fresh_db)
     assert main(["migrate", "up"]) == 0
     out = capsys.readouterr().out
-    assert "".join(f"applied {n}\n" for n in range(1, 11)) in out
+    assert "".join(f"applied {n}\n" for n in [*range(1, 11), 14]) in out
     # The NOTICE 005 raises reaches the operator.
     assert (
         "005_usage_dedupe.up.sql: NOTICE: moved 0 duplicate usage_records row(s)" in out
@@ -70,8 +70,8 @@ def test_up_then_status_shows_the_latest_version(
 
     assert main(["migrate", "status"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "version: 10",
-        "latest:  10",
+        "version: 14",
+        "latest:  14",
         "pending: none",
     ]
     assert main(["migrate", "up"]) == 0
@@ -94,15 +94,15 @@ def test_down_steps_all_and_force(
         conn.execute("UPDATE schema_migrations SET dirty = true")
     capsys.readouterr()
     assert main(["migrate", "status", *db]) == 0
-    assert "version: 10 (DIRTY" in capsys.readouterr().out
+    assert "version: 14 (DIRTY" in capsys.readouterr().out
     assert main(["migrate", "up", *db]) == 1
     err = capsys.readouterr().err
-    assert "dirty at version 10" in err
+    assert "dirty at version 14" in err
     assert "force" in err
 
-    assert main(["migrate", "force", "10", *db]) == 0
+    assert main(["migrate", "force", "14", *db]) == 0
     assert main(["migrate", "status", *db]) == 0
-    assert "version: 10\n" in capsys.readouterr().out
+    assert "version: 14\n" in capsys.readouterr().out
     assert main(["migrate", "force", "-1", *db]) == 0
     assert main(["migrate", "status", *db]) == 0
     assert "version: none\n" in capsys.readouterr().out
