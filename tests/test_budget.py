@@ -262,6 +262,9 @@ def test_close_gives_the_lease_back(store: Store) -> None:
     assert second.status(tenant).held_usd > 0  # first keeps an idle share
     first.close()
     assert second.status(tenant).held_usd == 0
+    with pytest.raises(InvalidInput) as closed:
+        first.reserve(tenant, D("0.10"))  # its share went back: nothing to grant
+    assert closed.value.field == "guard"
     second.reserve(tenant, D("1.00")).release()
 
 

@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from .. import _budgetsql
 from .._acompat import AEvent, ALock, AWorker, Lock, aevent_wait, aspawn, astop_worker
 from .._budgetstate import (
+    _CLOSED,
     _ESTIMATES,
     ZERO,
     AlertLevel,
@@ -793,7 +794,8 @@ class AsyncBudgetGuard:
 
     async def close(self) -> None:
         """Stop renewing and give every lease back (open reservations keep no
-        share: settle or release them first)."""
+        share: settle or release them first); `reserve` raises `InvalidInput`
+        afterwards."""
         with self._lock:
             if self._closed:
                 return
@@ -803,7 +805,15 @@ class AsyncBudgetGuard:
         if worker is not None:
             await astop_worker(worker)
         with self._lock:
-            held = [lease.tenant_id for lease in self._leases.values() if lease.expires]
+            leases = list(self._leases.values())
+        held = []
+        for lease in leases:
+            with lease.lock:
+                # No more grants from a share that is about to go back; any
+                # reservation after close() raises.
+                lease.open_until = _CLOSED
+                if lease.expires is not None:
+                    held.append(lease.tenant_id)
         if held:
             try:
                 await self._book.drop(held, self._holder)

@@ -25,6 +25,7 @@ from psycopg_pool import ConnectionPool
 from .. import _budgetsql
 from .._acompat import Event, Lock, Worker, event_wait, spawn, stop_worker
 from .._budgetstate import (
+    _CLOSED,
     _ESTIMATES,
     ZERO,
     AlertLevel,
@@ -794,7 +795,8 @@ class BudgetGuard:
 
     def close(self) -> None:
         """Stop renewing and give every lease back (open reservations keep no
-        share: settle or release them first)."""
+        share: settle or release them first); `reserve` raises `InvalidInput`
+        afterwards."""
         with self._lock:
             if self._closed:
                 return
@@ -804,7 +806,15 @@ class BudgetGuard:
         if worker is not None:
             stop_worker(worker)
         with self._lock:
-            held = [lease.tenant_id for lease in self._leases.values() if lease.expires]
+            leases = list(self._leases.values())
+        held = []
+        for lease in leases:
+            with lease.lock:
+                # No more grants from a share that is about to go back; any
+                # reservation after close() raises.
+                lease.open_until = _CLOSED
+                if lease.expires is not None:
+                    held.append(lease.tenant_id)
         if held:
             try:
                 self._book.drop(held, self._holder)
