@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import itertools
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -34,14 +34,17 @@ from tenantstore import (
     InvalidInput,
     PostgresTenantRepository,
     PostgresUsageRepository,
+    StoreUnavailable,
     Tenant,
     TenantCacheListener,
     UsageRecord,
+    create_pool,
     generate_api_key,
     hash_api_key,
 )
 from tests.fix_backends import FakeClock
 from tests.polling import wait_until
+from tests.tcpproxy import tcp_proxy
 
 D = Decimal
 _ids = itertools.count()
@@ -411,3 +414,52 @@ def test_reservations_come_from_the_held_share_without_io(store: Store) -> None:
     assert stats.round_trips - trips == (
         0 if isinstance(store.usage, InMemoryUsageRepository) else 1
     )
+
+
+def test_the_held_share_outlives_an_outage_and_a_failed_settle_stays_open(
+    clean_db: str,
+) -> None:
+    clock = FakeClock(datetime.now(UTC))
+    with tcp_proxy(clean_db) as proxy:
+        url = proxy.url(clean_db)
+        with create_pool(url, min_size=0, max_size=2, timeout=2.0) as pool:
+            tenants = PostgresTenantRepository(pool, clock=clock)
+            usage = PostgresUsageRepository(pool, clock=clock)
+            tenant = tenants.create(
+                Tenant(name="t", api_key_hash=hash_api_key("k"), budget_usd=D("10"))
+            )
+            guard = BudgetGuard(
+                tenants, usage, clock=clock, lease_time=20.0, renew_interval=None
+            )
+            guard.reserve(tenant, D("0.10")).release()  # holds a share now
+            proxy.refuse()
+            proxy.cut()
+            # No I/O: granted from the share while the database is out of reach.
+            reservation = guard.reserve(tenant, D("0.10"))
+            record = UsageRecord(
+                tenant_id=tenant.id,
+                request_id="r-outage",
+                model="m",
+                provider="p",
+                cost_usd=D("0.10"),
+            )
+            with pytest.raises(StoreUnavailable):
+                reservation.settle(record)
+            clock.advance(16.0)  # past the share's safe time: fail closed
+            with pytest.raises(StoreUnavailable):
+                guard.reserve(tenant, D("0.10"))
+            proxy.passthrough()
+            settled: list[bool] = []
+
+            def settle() -> bool:
+                try:
+                    settled.append(reservation.settle(record))  # still open
+                except StoreUnavailable:
+                    return False  # the pool is still reconnecting
+                return True
+
+            wait_until(settle, "the settle went through")
+            assert settled == [True]
+            status = guard.status(tenant)
+            assert (status.spent_usd, guard.stats().refused) == (D("0.10"), 0)
+            guard.close()
