@@ -1,24 +1,28 @@
 """Budget bookkeeping without I/O, shared by `BudgetGuard` and `AsyncBudgetGuard`.
 
 What lives here: the month rule and the alert levels, the public value types
-(`BudgetStatus`, `BudgetAlert`), one process's view of a tenant's lease
+(`BudgetStatus`, `BudgetAlert`, `BudgetStats`), one process's view of a tenant's lease
 (`TenantLease`: what it may grant, what it holds), the lease step's arithmetic
 (`plan`), and the in-memory lease book that gives the in-memory backend the same
 answers as PostgreSQL. The PostgreSQL lease book and the guards are in
 `_async/budget.py` (and its generated twin).
 
 The invariant, per tenant and month, with S the month's spend, L_p the lease of
-process p in the book and H_p what p's open reservations hold:
+process p in the book, C_p what p's settles consumed since its last lease step
+(kept in p's memory: the book's L_p still counts it) and H_p what p's open
+reservations hold; E_p = L_p - C_p is p's effective lease:
 
-    (1) every lease step leaves S + sum(L) <= budget       (it grants no more)
-    (2) a settle adds its cost c to S, and takes max(c, estimate) from what p may
-        grant (from L_p in the book too while p is lean: until p's next step the
-        book counts that amount twice, in S and in L_p, which only under-grants)
-    (3) H_p <= L_p, except by what p's settles cost beyond their estimates
+    (1) a lease step of p reads S and every other L_q in one snapshot and sets
+        L_p so that S + sum(L) <= budget; since L_q >= E_q, S + sum(E) <= budget
+    (2) a settle adds its cost c to S and max(c, estimate) to C_p (or takes it
+        from L_p in the book, in the same statement, while p is lean): S + sum(E)
+        does not grow; the others, reading L_p, only under-grant
+    (3) p grants only from E_p - H_p: H_p <= E_p, except by what p's settles
+        cost beyond their estimates
 
 so S + sum(H) <= budget while every settle is within its estimate. A lease step
-counts only live leases (not expired by the guards' clock) and reads S and the
-others' leases in one snapshot, under a per-tenant lock that orders lease steps.
+counts only live leases (not expired by the guards' clock) and runs under a
+per-tenant lock that orders lease steps.
 """
 
 from __future__ import annotations
