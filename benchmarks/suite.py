@@ -5,6 +5,7 @@ from __future__ import annotations
 from benchmarks import (
     scenarios_admin,
     scenarios_async,
+    scenarios_budget,
     scenarios_cache,
     scenarios_migrate,
     scenarios_pipeline,
@@ -22,6 +23,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     *scenarios_tenants.SCENARIOS,
     *scenarios_usage.SCENARIOS,
     *scenarios_pipeline.SCENARIOS,
+    *scenarios_budget.SCENARIOS,
     *scenarios_async.SCENARIOS,
     *scenarios_migrate.SCENARIOS,
     *scenarios_admin.SCENARIOS,

@@ -181,6 +181,7 @@ def test_available_lists_the_shipped_migrations_in_order() -> None:
         (10, "usage_daily_totals_backfill"),
         (12, "usage_totals_shards"),
         (13, "audit_log"),
+        (14, "budget_leases"),
     ]
     assert all(m.up.strip() and m.down.strip() for m in migrate.available())
     # The files that build indexes concurrently or commit between batches run

@@ -12,6 +12,7 @@ import enum
 import inspect
 import pickle
 import types
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ import tenantstore
 import tenantstore.errors
 from tenantstore import (
     AdminUserNotFound,
+    BudgetExceeded,
     CipherError,
     Conflict,
     DatabaseUnreachable,
@@ -47,6 +49,7 @@ ERROR_BASES: dict[type[Exception], tuple[type, ...]] = {
     StoreUnavailable: (TenantStoreError,),
     DatabaseUnreachable: (StoreUnavailable,),
     CipherError: (TenantStoreError,),
+    BudgetExceeded: (TenantStoreError,),
 }
 
 
@@ -186,6 +189,13 @@ def some_errors() -> list[TenantStoreError]:
         CipherError("tampered"),
         AdminUserNotFound("no such admin user"),
         InvalidCredentials("invalid username or password"),
+        BudgetExceeded(
+            "0b7a9e0c-0000-4000-8000-000000000001",
+            Decimal("10.00"),
+            Decimal("9.5"),
+            Decimal("0.4"),
+            Decimal("0.2"),
+        ),
     ]
 
 
@@ -199,6 +209,13 @@ def test_errors_survive_pickle_and_copy(error: TenantStoreError) -> None:
             assert isinstance(clone, InvalidInput)
             assert clone.field == error.field
             assert clone.rule == error.rule
+        if isinstance(error, BudgetExceeded):
+            assert isinstance(clone, BudgetExceeded)
+            assert (clone.budget_usd, clone.spent_usd, clone.held_usd) == (
+                error.budget_usd,
+                error.spent_usd,
+                error.held_usd,
+            )
 
 
 def test_the_package_is_typed() -> None:

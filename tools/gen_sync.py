@@ -49,6 +49,11 @@ RENAMES = {
     "AsyncUsageWriter": "UsageWriter",
     "_AsyncWriterCore": "_WriterCore",
     "aexit_flush": "exit_flush",
+    "ALock": "Lock",
+    "AsyncBudgetGuard": "BudgetGuard",
+    "AsyncReservation": "Reservation",
+    "_AsyncPostgresBook": "_PostgresBook",
+    "_AsyncMemoryBook": "_MemoryBook",
 }
 
 

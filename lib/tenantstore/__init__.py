@@ -7,12 +7,15 @@ audit log of every change, sync and async. See the README for a tour.
 import logging as _logging
 
 from ._async.admin import AsyncPostgresAdminUserRepository
+from ._async.budget import AsyncBudgetGuard, AsyncReservation
 from ._async.cache import AsyncCachedTenantRepository
 from ._async.listener import AsyncTenantCacheListener
 from ._async.postgres import AsyncPostgresTenantRepository, AsyncPostgresUsageRepository
 from ._async.writer import AsyncUsageWriter
+from ._budgetstate import BudgetAlert, BudgetStats, BudgetStatus
 from ._cachestate import CacheStats
 from ._sync.admin import PostgresAdminUserRepository
+from ._sync.budget import BudgetGuard, Reservation
 from ._sync.cache import CachedTenantRepository
 from ._sync.listener import TenantCacheListener
 from ._sync.postgres import PostgresTenantRepository, PostgresUsageRepository
@@ -23,6 +26,7 @@ from .cipher import KeyCipher
 from .clock import Clock, SystemClock
 from .errors import (
     AdminUserNotFound,
+    BudgetExceeded,
     CipherError,
     Conflict,
     DatabaseUnreachable,
@@ -60,6 +64,7 @@ __all__ = [
     "AdminUserNotFound",
     "AdminUserRepository",
     "AsyncAdminUserRepository",
+    "AsyncBudgetGuard",
     "AsyncCachedTenantRepository",
     "AsyncInMemoryAdminUserRepository",
     "AsyncInMemoryTenantRepository",
@@ -67,12 +72,18 @@ __all__ = [
     "AsyncPostgresAdminUserRepository",
     "AsyncPostgresTenantRepository",
     "AsyncPostgresUsageRepository",
+    "AsyncReservation",
     "AsyncTenantCacheListener",
     "AsyncTenantRepository",
     "AsyncUsageRepository",
     "AsyncUsageWriter",
     "AuditChange",
     "AuditEvent",
+    "BudgetAlert",
+    "BudgetExceeded",
+    "BudgetGuard",
+    "BudgetStats",
+    "BudgetStatus",
     "CacheStats",
     "CachedTenantRepository",
     "CipherError",
@@ -89,6 +100,7 @@ __all__ = [
     "PostgresTenantRepository",
     "PostgresUsageRepository",
     "RecordOutcome",
+    "Reservation",
     "StaleVersion",
     "StoreUnavailable",
     "SystemClock",

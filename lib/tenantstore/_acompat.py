@@ -23,6 +23,7 @@ from .errors import StoreUnavailable
 __all__ = [
     "AEvent",
     "AFlight",
+    "ALock",
     "AWatchdog",
     "AWorker",
     "Event",
@@ -43,6 +44,7 @@ __all__ = [
 T = TypeVar("T")
 
 Lock = threading.Lock
+ALock = asyncio.Lock
 Event = threading.Event
 AEvent = asyncio.Event
 Worker = threading.Thread

@@ -11,7 +11,8 @@ TenantStoreError        base of everything we raise
 ├── StoreUnavailable    unreachable, pool exhausted, timeout; __cause__ is the driver's
 │   └── DatabaseUnreachable   no connection could be made or kept: the server is down
 │                             or the path to it is dead (not: busy, slow, exhausted)
-└── CipherError         a stored API-key ciphertext cannot be decrypted
+├── CipherError         a stored API-key ciphertext cannot be decrypted
+└── BudgetExceeded      a reservation would pass the tenant's monthly budget
 ```
 
 Messages name the field and the rule, never a key, a hash or a ciphertext.
@@ -19,8 +20,11 @@ Messages name the field and the rule, never a key, a hash or a ciphertext.
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 __all__ = [
     "AdminUserNotFound",
+    "BudgetExceeded",
     "CipherError",
     "Conflict",
     "DatabaseUnreachable",
@@ -132,3 +136,48 @@ class CipherError(TenantStoreError):
     tenant's row, or encrypted under a key that is no longer in the ring."""
 
     __module__ = "tenantstore"
+
+
+class BudgetExceeded(TenantStoreError):
+    """A reservation was refused: this month's spend, plus what open reservations
+    hold, plus its estimate would pass the tenant's `budget_usd` (or the spend has
+    reached it already). Nothing was reserved.
+
+    `budget_usd`, `spent_usd` and `held_usd` are what the refusing process read
+    (held: its own reservations plus the shares other processes have leased),
+    `estimate_usd` the estimate refused.
+    """
+
+    __module__ = "tenantstore"
+
+    def __init__(
+        self,
+        tenant_id: str,
+        budget_usd: Decimal,
+        spent_usd: Decimal,
+        held_usd: Decimal,
+        estimate_usd: Decimal,
+    ) -> None:
+        super().__init__(
+            f"tenant {tenant_id}: budget {budget_usd} exceeded "
+            f"(spent {spent_usd}, held {held_usd}, estimate {estimate_usd})"
+        )
+        self.tenant_id = tenant_id
+        self.budget_usd = budget_usd
+        self.spent_usd = spent_usd
+        self.held_usd = held_usd
+        self.estimate_usd = estimate_usd
+
+    def __reduce__(
+        self,
+    ) -> tuple[type[BudgetExceeded], tuple[str, Decimal, Decimal, Decimal, Decimal]]:
+        return (
+            type(self),
+            (
+                self.tenant_id,
+                self.budget_usd,
+                self.spent_usd,
+                self.held_usd,
+                self.estimate_usd,
+            ),
+        )
