@@ -1,6 +1,6 @@
 """The caching lookup layer's bookkeeping, without I/O, shared by both twins.
 
-`CacheState` holds the positive entries (key hash -> `(tenant, fresh_until)`, a plain
+`CacheState` holds the positive entries (key hash -> `Entry`, a plain
 dict the hit path reads without a lock), the negative entries, the fills in flight,
 the id -> hash index that lets a write by id find the entry to drop, and the
 counters behind `CacheStats`. Every change happens under one `threading.Lock`, held
@@ -22,6 +22,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final, Generic, TypeVar
 
 from cachetools import TTLCache
@@ -40,11 +41,35 @@ __all__ = [
 
 F = TypeVar("F")
 
-# (tenant, fresh_until): immutable and replaced whole, so a reader without the lock
-# sees an old pair or a new one, never a mix.
-Entry = tuple[Tenant, float]
+# (tenant, fresh_until, expires): immutable and replaced whole, so a reader without
+# the lock sees an old entry or a new one, never a mix. `expires` is the instant
+# (monotonic) the key stops authenticating (inf: never), mapped from the tenant's
+# expiry on the wall clock when the entry was filled; `fresh_until` never passes
+# it, so the hit path's one compare also ends the key at its expiry, and `stale`
+# never serves past it.
+Entry = tuple[Tenant, float, float]
+
+_NEVER: Final = float("inf")
+# Taken off a mapped expiry: float sums of the monotonic clock may round an ulp
+# late, and ending an entry early costs one lookup of the store, never a wrong answer.
+_MARGIN: Final = 1e-6
 
 _NO_IDS: Final[frozenset[str]] = frozenset()
+
+
+def key_expiry(tenant: Tenant, key: str) -> datetime | bool | None:
+    """When `key` stops authenticating `tenant` (as the stores' lookups decide): a
+    datetime, None for never, False when it is neither its current key nor its
+    previous one (then it does not authenticate it at all)."""
+    previous = tenant.previous_api_key_expires_at
+    if tenant.previous_api_key_hash != key or previous is None:
+        previous = None
+    if tenant.api_key_hash != key:
+        return False if previous is None else previous
+    current = tenant.api_key_expires_at
+    if current is None:
+        return None
+    return current if previous is None else max(current, previous)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,8 +197,10 @@ class CacheState(Generic[F]):
         negative_maxsize: int,
         stale_if_error: float,
         now: Callable[[], float],
+        wall: Callable[[], datetime],
     ) -> None:
         self.now = now
+        self.wall = wall
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.stale_if_error = stale_if_error
@@ -181,7 +208,8 @@ class CacheState(Generic[F]):
         # Read without the lock by the hit path: never rebound, only mutated.
         self.entries: dict[str, Entry] = {}
         self.negatives: dict[str, float] = {}
-        self._ids: dict[str, str] = {}
+        # Tenant id -> the key hashes it is cached under (two while in grace).
+        self._ids: dict[str, set[str]] = {}
         self._in_flight: dict[str, Fill[F]] = {}
         self._live: set[Fill[F]] = set()
         # Listeners attached (started, not closed) and how many of them are not
@@ -250,26 +278,36 @@ class CacheState(Generic[F]):
         with self.lock:
             self._retire(fill)
             key = fill.key
+            expiry = key_expiry(tenant, key)
             if (
                 fill.dead
                 or tenant.id in (fill.ids or _NO_IDS)
                 or not tenant.enabled
-                or tenant.api_key_hash != key
+                or expiry is False
             ):
                 return
+            now = self.now()
+            expires = _NEVER
+            if isinstance(expiry, datetime):
+                expires = now + (expiry - self.wall()).total_seconds() - _MARGIN
+                if expires <= now:
+                    return
             self._drop_negative(key)
-            # One entry per tenant: the fill read this tenant under `key`, so an
-            # entry under another hash predates a key rotation.
-            previous = self._ids.get(tenant.id)
-            if previous is not None and previous != key:
-                self._drop(previous)
+            # The fill read this tenant's current state: an entry of it under a
+            # hash that is now neither its current nor its previous key predates
+            # a rotation.
+            cached = self._ids.get(tenant.id)
+            if cached is not None:
+                for other in cached - {key, tenant.api_key_hash}:
+                    if other != tenant.previous_api_key_hash:
+                        self._drop(other)
             # TTLs run from the fill's start, before the store was read: never
             # longer than promised. While a listener is down, store it expired:
             # usable only by stale_if_error, never as a hit.
             fresh_until = fill.started if self._suspended else fill.started + self.ttl
             self._book[key] = tenant  # may expire or evict others: before the dict
-            self.entries[key] = entry = (tenant, fresh_until)
-            self._ids[tenant.id] = key
+            self.entries[key] = entry = (tenant, min(fresh_until, expires), expires)
+            self._ids.setdefault(tenant.id, set()).add(key)
             if self._snapshot_at is not None and fill.started >= self._snapshot_at:
                 self._meanwhile[key] = entry
 
@@ -301,11 +339,11 @@ class CacheState(Generic[F]):
         entry = self.entries.get(key)
         if entry is None:
             return None
-        tenant, fresh_until = entry
+        tenant, fresh_until, expires = entry
         now = self.now()
         if fresh_until > now:  # stored by a fill that succeeded meanwhile
             return tenant
-        if now >= fresh_until + self.stale_if_error:
+        if now >= fresh_until + self.stale_if_error or now >= expires:
             return None
         self.stale_serves += 1
         return tenant
@@ -323,8 +361,7 @@ class CacheState(Generic[F]):
         with self.lock:
             self.invalidations += 1
             if tenant_id is not None:
-                cached = self._ids.get(tenant_id)
-                if cached is not None:
+                for cached in list(self._ids.get(tenant_id, ())):
                     self._drop(cached)
                 # Which fill will return this tenant is unknown until it returns:
                 # mark them all and detach them all.
@@ -428,11 +465,16 @@ class CacheState(Generic[F]):
                 elif fresh is not None:
                     self._book[key] = tenant  # may expire or evict: before the dict
                     if key in entries:
-                        entries[key] = (tenant, fresh)
+                        # Never past the key's expiry, as when it was filled.
+                        entries[key] = (tenant, min(fresh, entry[2]), entry[2])
             if fresh is not None:
                 for key, entry in meanwhile.items():
                     if entries.get(key) is entry:
-                        entries[key] = (entry[0], entry[1] + self.ttl)
+                        entries[key] = (
+                            entry[0],
+                            min(entry[1] + self.ttl, entry[2]),
+                            entry[2],
+                        )
             return dropped
 
     def clear(self) -> None:
@@ -489,9 +531,9 @@ class CacheState(Generic[F]):
         self._meanwhile.clear()
         now = self.now()
         entries = self.entries
-        for key, (tenant, fresh_until) in list(entries.items()):
+        for key, (tenant, fresh_until, expires) in list(entries.items()):
             if fresh_until > now:
-                entries[key] = (tenant, now)
+                entries[key] = (tenant, now, expires)
         self.negatives.clear()
         self._negative_book = self._new_negative_book()
 
@@ -509,8 +551,13 @@ class CacheState(Generic[F]):
         entry = self.entries.pop(key, None)
         if entry is not None:
             self._book.forget(key)
-            tenant_id = entry[0].id
-            if self._ids.get(tenant_id) == key:
+            self._unindex(entry[0].id, key)
+
+    def _unindex(self, tenant_id: str, key: str) -> None:
+        cached = self._ids.get(tenant_id)
+        if cached is not None:
+            cached.discard(key)
+            if not cached:
                 del self._ids[tenant_id]
 
     def _drop_negative(self, key: str) -> None:
@@ -522,9 +569,7 @@ class CacheState(Generic[F]):
         entry = self.entries.get(key)
         if entry is not None and entry[0] is tenant:
             del self.entries[key]
-            tenant_id = entry[0].id
-            if self._ids.get(tenant_id) == key:
-                del self._ids[tenant_id]
+            self._unindex(entry[0].id, key)
 
     def _negative_dropped(self, key: str, fresh_until: object) -> None:
         if self.negatives.get(key) is fresh_until:
@@ -556,7 +601,10 @@ def parse_notification(payload: str) -> tuple[str | None, tuple[str, ...]] | Non
     if change.get("op") not in _ROW_OPS:
         return None
     tenant_id = change.get("id")
-    values = (change.get("old"), change.get("new"))
+    # The previous keys' hashes since migration 011 (a rotation names three).
+    values = tuple(
+        change.get(name) for name in ("old", "new", "old_previous", "new_previous")
+    )
     if not is_canonical_id(tenant_id) or not all(
         value is None or isinstance(value, str) for value in values
     ):

@@ -15,6 +15,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Final
 
@@ -139,6 +140,7 @@ class CachedTenantRepository:
             negative_maxsize=_count("negative_maxsize", negative_maxsize, zero=True),
             stale_if_error=_seconds("stale_if_error", stale_if_error, zero=True),
             now=self._now,
+            wall=partial(datetime.now, UTC) if clock is None else clock.now,
         )
         self._entries = self._state.entries
 
@@ -279,6 +281,35 @@ class CachedTenantRepository:
                 tenant_id if type(tenant_id) is str else None, hashes
             )
 
+    def rotate_api_key(
+        self,
+        tenant_id: str,
+        api_key: str,
+        *,
+        grace: timedelta = timedelta(0),
+        expires_at: datetime | None = None,
+    ) -> Tenant:
+        """`inner.rotate_api_key`, then drop the tenant's entries (old and
+        previous keys) and anything cached under the new key."""
+        hashes: tuple[str, ...] = ()
+        try:
+            tenant = self.inner.rotate_api_key(
+                tenant_id, api_key, grace=grace, expires_at=expires_at
+            )
+            hashes = _hashes(tenant)
+            return tenant
+        finally:
+            self._state.invalidate(
+                tenant_id if type(tenant_id) is str else None, hashes
+            )
+
+    def revoke_previous_api_key(self, tenant_id: str) -> Tenant:
+        """`inner.revoke_previous_api_key`, then drop the tenant's entries."""
+        try:
+            return self.inner.revoke_previous_api_key(tenant_id)
+        finally:
+            self._state.invalidate(tenant_id if type(tenant_id) is str else None, ())
+
     def delete(self, tenant_id: str) -> None:
         """`inner.delete`, then drop the tenant's entry."""
         try:
@@ -321,5 +352,8 @@ def _tenant_id(tenant: object) -> str | None:
 
 
 def _hashes(tenant: object) -> tuple[str, ...]:
-    value = getattr(tenant, "api_key_hash", None)
-    return (value,) if type(value) is str else ()
+    values = (
+        getattr(tenant, "api_key_hash", None),
+        getattr(tenant, "previous_api_key_hash", None),
+    )
+    return tuple(value for value in values if type(value) is str)

@@ -23,7 +23,7 @@ from psycopg_pool import ConnectionPool
 from .. import _sql
 from .._pgerrors import translate_error
 from .._rows import tenant_from_row, tenant_params, usage_from_row, usage_params, utc
-from ..cipher import KeyCipher, encrypted_key_for_write
+from ..cipher import KeyCipher, encrypted_key_for_write, rotated_key_for_write
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import MODIFIED, CipherError, StaleVersion, TenantNotFound
 from ..keys import key_matches_hash, lookup_hash
@@ -31,8 +31,12 @@ from ..models import Tenant, UsageRecord
 from ..validation import (
     boolean,
     expected_version,
+    grace_period,
+    grace_until,
     is_canonical_id,
     is_key_hash,
+    key_prefix,
+    optional_datetime,
     tenant_for_write,
     usage_for_write,
     utc_datetime,
@@ -177,7 +181,7 @@ class PostgresTenantRepository(_AsyncPostgres):
     def _enabled_by_hash(self, api_key_hash: str) -> Tenant:
         row = self._run(
             _sql.SELECT_ENABLED_BY_HASH,
-            {"hash": api_key_hash},
+            {"hash": api_key_hash, "now": utc(self._clock.now())},
             ONE,
             retry=True,
         )
@@ -208,7 +212,10 @@ class PostgresTenantRepository(_AsyncPostgres):
             tenant.api_key_hash, tenant.id, api_key, self._cipher
         )
         params = tenant_params(
-            tenant, now=utc(self._clock.now()), api_key_encrypted=encrypted
+            tenant,
+            now=utc(self._clock.now()),
+            api_key_encrypted=encrypted,
+            api_key_prefix=None if api_key is None else key_prefix(api_key),
         )
         row = self._run(
             _sql.INSERT_TENANT,
@@ -230,6 +237,7 @@ class PostgresTenantRepository(_AsyncPostgres):
             now=utc(self._clock.now()),
             api_key_encrypted=encrypted,
             expected=expected,
+            api_key_prefix=None if api_key is None else key_prefix(api_key),
         )
         statement = _sql.UPDATE_TENANT[api_key is not None, expected is not None]
         row = self._run(statement, params, ONE, retry=False)
@@ -252,6 +260,55 @@ class PostgresTenantRepository(_AsyncPostgres):
         )
         if row is None:
             raise _not_found()
+        return tenant_from_row(row)
+
+    def rotate_api_key(
+        self,
+        tenant_id: str,
+        api_key: str,
+        *,
+        grace: timedelta = timedelta(0),
+        expires_at: datetime | None = None,
+    ) -> Tenant:
+        api_key_hash, prefix, encrypted = rotated_key_for_write(
+            tenant_id, api_key, self._cipher
+        )
+        grace = grace_period(grace)
+        expires_at = optional_datetime("expires_at", expires_at)
+        if not is_canonical_id(tenant_id):
+            raise _not_found()
+        now = utc(self._clock.now())
+        row = self._run(
+            _sql.ROTATE_API_KEY,
+            {
+                "id": tenant_id,
+                "hash": api_key_hash,
+                "now": now,
+                "grace_until": grace_until(now, grace),
+                "expires_at": expires_at,
+                "prefix": prefix,
+                "api_key_encrypted": encrypted,
+            },
+            ONE,
+            retry=False,
+        )
+        if row is None:
+            # Unknown (TenantNotFound), or this key is current already: a retried
+            # rotation returns the tenant as it is.
+            return self.get_by_id(tenant_id)
+        return tenant_from_row(row)
+
+    def revoke_previous_api_key(self, tenant_id: str) -> Tenant:
+        if not is_canonical_id(tenant_id):
+            raise _not_found()
+        row = self._run(
+            _sql.REVOKE_PREVIOUS_API_KEY,
+            {"id": tenant_id, "now": utc(self._clock.now())},
+            ONE,
+            retry=False,
+        )
+        if row is None:  # unknown, or no previous key: nothing to end
+            return self.get_by_id(tenant_id)
         return tenant_from_row(row)
 
     def delete(self, tenant_id: str) -> None:
