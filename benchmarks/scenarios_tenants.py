@@ -48,7 +48,6 @@ _sha256 = hashlib.sha256
 def pypika_lookup_sql() -> str:
     """SELECT_ENABLED_BY_HASH, built from scratch as a per-call builder would."""
     tenants: Any = Table("tenants")
-    key_hashes: Any = Table("tenant_key_hashes")
     hash_, now = Parameter("%(hash)s"), Parameter("%(now)s")
     current: Any = (
         PostgreSQLQuery.from_(tenants)
@@ -60,12 +59,6 @@ def pypika_lookup_sql() -> str:
     previous: Any = (
         PostgreSQLQuery.from_(tenants)
         .select(*_sql.tenant_select(tenants))
-        .where(
-            tenants.id
-            == PostgreSQLQuery.from_(key_hashes)
-            .select(key_hashes.tenant_id)
-            .where(key_hashes.api_key_hash == hash_)
-        )
         .where(tenants.previous_api_key_hash == hash_)
         .where(tenants.enabled == True)  # noqa: E712
         .where(tenants.previous_api_key_expires_at > now)
@@ -113,7 +106,6 @@ def sqlalchemy_lookup() -> Any:
         t.c.previous_api_key_expires_at,
         t.c.api_key_prefix,
     ]
-    k = sa.table("tenant_key_hashes", sa.column("api_key_hash"), sa.column("tenant_id"))
     now: Any = sa.bindparam("now")
     current = (
         sa.select(*columns)
@@ -121,14 +113,8 @@ def sqlalchemy_lookup() -> Any:
         .where(t.c.enabled == sa.true())
         .where(sa.or_(t.c.api_key_expires_at.is_(None), t.c.api_key_expires_at > now))
     )
-    owner = (
-        sa.select(k.c.tenant_id)
-        .where(k.c.api_key_hash == sa.bindparam("hash"))
-        .scalar_subquery()
-    )
     previous = (
         sa.select(*columns)
-        .where(t.c.id == owner)
         .where(t.c.previous_api_key_hash == sa.bindparam("hash"))
         .where(t.c.enabled == sa.true())
         .where(t.c.previous_api_key_expires_at > now)
@@ -338,6 +324,9 @@ def _tenant_params(t: Tenant, now: datetime) -> dict[str, Any]:
         "previous_api_key_hash": None,
         "previous_api_key_expires_at": None,
         "api_key_prefix": t.api_key_prefix,
+        # The audit context every write states (see tenantstore.audit).
+        "audit_actor": "",
+        "audit_at": now.isoformat(),
     }
 
 

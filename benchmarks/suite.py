@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from benchmarks import (
+    scenarios_admin,
     scenarios_async,
     scenarios_cache,
     scenarios_migrate,
@@ -21,6 +22,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     *scenarios_usage.SCENARIOS,
     *scenarios_async.SCENARIOS,
     *scenarios_migrate.SCENARIOS,
+    *scenarios_admin.SCENARIOS,
 )
 
 

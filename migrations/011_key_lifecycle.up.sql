@@ -16,9 +16,9 @@
 -- Go service's plain INSERT or UPDATE) meet on that primary key: the second gets a
 -- unique violation (23505) on tenant_key_hashes_pkey once the first commits. A
 -- previous key keeps its hash reserved after it expired, until the tenant's next
--- rotation or revocation clears it. The same table finds the tenant of a previous
--- key: a lookup probes tenants' api_key_hash index, and only when no current key
--- matches, this primary key and then tenants' primary key.
+-- rotation or revocation clears it. The trigger function runs as its owner
+-- (SECURITY DEFINER, search_path pinned), so a writer needs rights on tenants only;
+-- readers never read this table (015 indexes previous keys in tenants itself).
 --
 -- The table and its trigger come first and take SHARE ROW EXCLUSIVE on tenants
 -- (writers wait, readers do not) while the backfill copies the current hashes; the
@@ -33,7 +33,9 @@ CREATE TABLE tenant_key_hashes (
 CREATE INDEX tenant_key_hashes_tenant_id_idx ON tenant_key_hashes (tenant_id);
 
 CREATE FUNCTION tenantstore_tenant_key_hashes() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER
+AS $$
 DECLARE
     live varchar(64)[] := array_remove(
         ARRAY[NEW.api_key_hash, NEW.previous_api_key_hash]::varchar(64)[], NULL);

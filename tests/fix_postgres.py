@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from tenantstore import create_async_pool, create_pool
 from tests.pgserver import scratch_database, server_url
 
-TABLES = "tenants, usage_records"
+TABLES = "tenants, usage_records, admin_users"
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +35,11 @@ def pg_url(pg_server_url: str) -> Iterator[str]:
 
 
 def truncate(url: str) -> None:
-    """Empty the tenant and usage tables of the test database."""
+    """Empty the tenant, usage and admin tables and the audit log of the test
+    database (TRUNCATE is itself audited: the log is emptied after it)."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"TRUNCATE {TABLES} CASCADE")
+        conn.execute("TRUNCATE audit_log RESTART IDENTITY")
 
 
 @pytest.fixture

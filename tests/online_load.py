@@ -6,7 +6,8 @@ the server itself (generate_series: a million rows in seconds), with what that
 service leaves: NULLs in nullable columns, requests stored twice. `ServingLoop` is
 the gateway meanwhile, in a thread of its own: it looks a key up and records one
 request with the Go service's own SELECT and INSERT (tenantstore's statements need
-what later migrations build: the unique index, the columns of 011), over and over, and keeps the longest time one round took.
+what later migrations build: the unique index, the columns of 011), over and over,
+and keeps the longest time one round took.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from tenantstore import (
     AsyncCachedTenantRepository,
     AsyncInMemoryTenantRepository,
+    AuditEvent,
     CachedTenantRepository,
     CacheStats,
     DatabaseUnreachable,
@@ -145,6 +146,16 @@ class Inner:
     def reveal_api_key(self, tenant_id: str) -> str | None:
         return self.real.reveal_api_key(tenant_id)
 
+    def list_audit(
+        self,
+        since: datetime | None = None,
+        entity_id: str | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+    ) -> builtins.list[AuditEvent]:
+        return self.real.list_audit(since, entity_id, limit, before=before)
+
 
 class AsyncInner:
     """`Inner` for asyncio: holds are `asyncio.Event`s; records cancellations."""
@@ -223,6 +234,16 @@ class AsyncInner:
 
     async def reveal_api_key(self, tenant_id: str) -> str | None:
         return await self.real.reveal_api_key(tenant_id)
+
+    async def list_audit(
+        self,
+        since: datetime | None = None,
+        entity_id: str | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+    ) -> builtins.list[AuditEvent]:
+        return await self.real.list_audit(since, entity_id, limit, before=before)
 
 
 @pytest.fixture
@@ -761,6 +782,32 @@ def test_concurrent_misses_make_one_inner_lookup(fails: bool) -> None:
     assert cache.stats().fills == 1
 
 
+def test_a_waiter_gives_up_on_a_stuck_fill_at_its_bound() -> None:
+    inner = Inner()
+    inner.create(tenant())
+    cache = CachedTenantRepository(inner, wait_timeout=0.05)
+    release = inner.hold()
+    leader, led = spawn(lambda: cache.get_by_api_key(KEYS[0]))
+    wait_until(lambda: inner.waiting == 1, "the fill is stuck in the store")
+    with pytest.raises(StoreUnavailable) as raised:
+        cache.get_by_api_key(KEYS[0])
+    assert not isinstance(raised.value, DatabaseUnreachable)  # never served stale
+    release.set()
+    leader.join()
+    assert isinstance(led[0], Tenant)  # the leader's own call is not cut short
+    assert inner.lookups == 1
+
+
+def test_the_wait_bound_follows_the_inner_repositorys_timeout() -> None:
+    class Bounded(Inner):
+        timeout = 2.0
+
+    assert CachedTenantRepository(Bounded())._wait_timeout == 5.0
+    assert CachedTenantRepository(Inner())._wait_timeout is None
+    with pytest.raises(InvalidInput, match="wait_timeout"):
+        CachedTenantRepository(Inner(), wait_timeout=0)
+
+
 def test_a_fill_overtaken_by_a_write_is_not_stored() -> None:
     inner = Inner()
     stored = inner.create(tenant(rate_limit_rpm=1))
@@ -978,6 +1025,23 @@ def test_a_cancelled_waiter_does_not_cancel_the_fill(
         assert inner.cancelled == 0
         await cache.get_by_api_key(KEYS[0])
         assert inner.lookups == 1  # the fill was stored
+
+    run(runner, test)
+
+
+def test_async_a_waiter_gives_up_on_a_stuck_fill_at_its_bound(
+    runner: asyncio.Runner,
+) -> None:
+    async def test() -> None:
+        inner, cache = await async_setup(wait_timeout=0.05)
+        release = inner.hold()
+        leader = asyncio.create_task(cache.get_by_api_key(KEYS[0]))
+        await async_wait_until(lambda: inner.waiting == 1, "the fill is stuck")
+        with pytest.raises(StoreUnavailable):
+            await cache.get_by_api_key(KEYS[0])
+        release.set()
+        assert (await leader).id == IDS[0]
+        assert (inner.lookups, inner.cancelled) == (1, 0)
 
     run(runner, test)
 

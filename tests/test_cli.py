@@ -17,8 +17,12 @@ import psycopg
 import pytest
 
 import tenantstore
+from tenantstore import migrate
 from tenantstore.cli import main
 from tests.test_migrate import scratch_db
+
+MIGRATIONS = migrate.available()
+LATEST = MIGRATIONS[-1].version
 
 
 @pytest.fixture
@@ -48,12 +52,32 @@ def test_status_of_a_new_database(
     out = capsys.readouterr().out
     assert out.splitlines() == [
         "version: none",
-        "latest:  10",
-        "pending: 001_initial, 002_contract, 003_contract_backfill,"
-        " 004_usage_request_index, 005_usage_dedupe, 006_usage_request_key,"
-        " 007_usage_request_index_drop, 008_tenant_notify, 009_usage_daily_totals,"
-        " 010_usage_daily_totals_backfill",
+        f"latest:  {LATEST}",
+        "pending: "
+        + ", ".join(m.filename("up")[: -len(".up.sql")] for m in MIGRATIONS),
     ]
+
+
+def test_lock_timeout_and_retries_are_the_operators_to_set(
+    fresh_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrate.up(fresh_db, 1)
+    db = ["--database-url", fresh_db]
+    assert main(["migrate", "up", "--lock-timeout", "0", *db]) == 2
+    assert "lock_timeout" in capsys.readouterr().err
+    with psycopg.connect(fresh_db) as holder:
+        # A long transaction holding a lock 002 needs: the step gives up after
+        # 50 ms, once, and says which flags would wait longer.
+        holder.execute("LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE")
+        argv = ["migrate", "up", "--lock-timeout", "0.05", "--lock-retries", "0"]
+        assert main([*argv, *db]) == 1
+        err = capsys.readouterr().err
+        assert "in 1 attempts" in err
+        assert "--lock-timeout" in err
+        holder.rollback()
+    assert migrate.status(fresh_db).version == 1
+    assert not migrate.status(fresh_db).dirty
+    assert main(["migrate", "up", "--lock-retries", "0", *db]) == 0
 
 
 def test_up_then_status_shows_the_latest_version(
@@ -62,7 +86,7 @@ def test_up_then_status_shows_the_latest_version(
     monkeypatch.setenv("DATABASE_URL", fresh_db)
     assert main(["migrate", "up"]) == 0
     out = capsys.readouterr().out
-    assert "".join(f"applied {n}\n" for n in range(1, 11)) in out
+    assert "".join(f"applied {m.version}\n" for m in MIGRATIONS) in out
     # The NOTICE 005 raises reaches the operator.
     assert (
         "005_usage_dedupe.up.sql: NOTICE: moved 0 duplicate usage_records row(s)" in out
@@ -70,8 +94,8 @@ def test_up_then_status_shows_the_latest_version(
 
     assert main(["migrate", "status"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "version: 10",
-        "latest:  10",
+        f"version: {LATEST}",
+        f"latest:  {LATEST}",
         "pending: none",
     ]
     assert main(["migrate", "up"]) == 0
@@ -94,15 +118,15 @@ def test_down_steps_all_and_force(
         conn.execute("UPDATE schema_migrations SET dirty = true")
     capsys.readouterr()
     assert main(["migrate", "status", *db]) == 0
-    assert "version: 10 (DIRTY" in capsys.readouterr().out
+    assert f"version: {LATEST} (DIRTY" in capsys.readouterr().out
     assert main(["migrate", "up", *db]) == 1
     err = capsys.readouterr().err
-    assert "dirty at version 10" in err
+    assert f"dirty at version {LATEST}" in err
     assert "force" in err
 
-    assert main(["migrate", "force", "10", *db]) == 0
+    assert main(["migrate", "force", str(LATEST), *db]) == 0
     assert main(["migrate", "status", *db]) == 0
-    assert "version: 10\n" in capsys.readouterr().out
+    assert f"version: {LATEST}\n" in capsys.readouterr().out
     assert main(["migrate", "force", "-1", *db]) == 0
     assert main(["migrate", "status", *db]) == 0
     assert "version: none\n" in capsys.readouterr().out

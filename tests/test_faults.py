@@ -24,6 +24,7 @@ from psycopg_pool import ConnectionPool
 
 from tenantstore import (
     Conflict,
+    DatabaseUnreachable,
     InvalidInput,
     PostgresTenantRepository,
     PostgresUsageRepository,
@@ -37,7 +38,7 @@ from tenantstore import (
     hash_api_key,
     migrate,
 )
-from tenantstore._pgerrors import translate_error
+from tenantstore._pgerrors import discards_connection, translate_error
 
 
 def all_subclasses(cls: type[BaseException]) -> Iterator[type[BaseException]]:
@@ -72,6 +73,63 @@ def test_pool_errors_are_unavailable() -> None:
         psycopg_pool.TooManyRequests,
     ):
         assert isinstance(translate_error(cls("x")), StoreUnavailable)
+
+
+# The server ended the session, or libpq lost it (no SQLSTATE): out of reach.
+SESSION_ENDED = (
+    psycopg.OperationalError,
+    pge.ConnectionException,
+    pge.ConnectionFailure,
+    pge.AdminShutdown,
+    pge.CrashShutdown,
+    pge.CannotConnectNow,
+    pge.IdleSessionTimeout,
+)
+# The server answered: busy or not writable now, but reachable.
+BUSY = (
+    pge.QueryCanceled,
+    pge.LockNotAvailable,
+    pge.ReadOnlySqlTransaction,
+    pge.TooManyConnections,
+    psycopg_pool.PoolTimeout,
+    psycopg_pool.PoolClosed,
+)
+
+
+@pytest.mark.parametrize("cls", SESSION_ENDED, ids=lambda c: c.__qualname__)
+def test_an_ended_session_is_unreachable(cls: type[psycopg.Error]) -> None:
+    assert isinstance(translate_error(cls("gone")), DatabaseUnreachable)
+    assert discards_connection(cls("gone"))
+
+
+@pytest.mark.parametrize("cls", BUSY, ids=lambda c: c.__qualname__)
+def test_a_busy_database_is_unavailable_not_unreachable(
+    cls: type[psycopg.Error],
+) -> None:
+    mapped = translate_error(cls("busy"))
+    assert isinstance(mapped, StoreUnavailable)
+    assert not isinstance(mapped, DatabaseUnreachable)
+    # ... unless the connection broke under the call.
+    assert isinstance(translate_error(cls("busy"), lost=True), DatabaseUnreachable)
+
+
+def test_only_connection_faults_discard_the_connection() -> None:
+    assert discards_connection(pge.ReadOnlySqlTransaction("ro"))
+    assert discards_connection(pge.IdleInTransactionSessionTimeout("idle"))
+    for statement_fault in (
+        pge.QueryCanceled,
+        pge.LockNotAvailable,
+        pge.UniqueViolation,
+        pge.SerializationFailure,
+        pge.DeadlockDetected,
+    ):
+        assert not discards_connection(statement_fault("x"))
+
+
+def test_a_passed_deadline_is_unreachable() -> None:
+    mapped = translate_error(psycopg.OperationalError("x"), deadline=6.0)
+    assert isinstance(mapped, DatabaseUnreachable)
+    assert "6 s" in str(mapped)
 
 
 def new_tenant() -> tuple[Tenant, str]:
@@ -177,7 +235,7 @@ def test_stopped_server_is_unavailable(stoppable_server: Any) -> None:
         )
         try:
             for call in (lambda: repo.get_by_api_key(key), repo.list, repo.list):
-                with pytest.raises(StoreUnavailable) as info:
+                with pytest.raises(DatabaseUnreachable) as info:
                     call()
                 assert isinstance(info.value.__cause__, psycopg.Error)
         finally:

@@ -18,9 +18,11 @@ import pytest
 import tenantstore
 import tenantstore.errors
 from tenantstore import (
+    AdminUserNotFound,
     CipherError,
     Conflict,
     DatabaseUnreachable,
+    InvalidCredentials,
     InvalidInput,
     StaleVersion,
     StoreUnavailable,
@@ -36,6 +38,8 @@ CLASSES = [name for name in PUBLIC if inspect.isclass(getattr(tenantstore, name,
 ERROR_BASES: dict[type[Exception], tuple[type, ...]] = {
     TenantStoreError: (Exception,),
     TenantNotFound: (TenantStoreError, LookupError),
+    AdminUserNotFound: (TenantStoreError, LookupError),
+    InvalidCredentials: (TenantStoreError,),
     Conflict: (TenantStoreError,),
     StaleVersion: (Conflict,),
     InvalidInput: (TenantStoreError, ValueError),
@@ -100,6 +104,15 @@ def test_the_core_names_are_exported() -> None:
         "generate_api_key",
         "hash_api_key",
         "KeyCipher",
+        "AdminUser",
+        "InMemoryAdminUserRepository",
+        "AsyncInMemoryAdminUserRepository",
+        "PostgresAdminUserRepository",
+        "AsyncPostgresAdminUserRepository",
+        "AdminUserRepository",
+        "AsyncAdminUserRepository",
+        "AuditEvent",
+        "has_permission",
         *(error.__name__ for error in ERROR_BASES),
     }
     assert expected <= set(tenantstore.__all__)
@@ -168,6 +181,8 @@ def some_errors() -> list[TenantStoreError]:
         InvalidInput("allowed_models[1]", "must not be blank"),
         StoreUnavailable("pool exhausted"),
         CipherError("tampered"),
+        AdminUserNotFound("no such admin user"),
+        InvalidCredentials("invalid username or password"),
     ]
 
 

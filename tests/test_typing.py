@@ -82,3 +82,4 @@ def test_misuses_are_caught(tmp_path: Path) -> None:
 def test_the_usage_file_runs() -> None:
     assert typing_usage.in_memory_gateway() == Decimal("0.5125000000")
     assert asyncio.run(typing_usage.async_in_memory_gateway()) == Decimal("1.25")
+    assert typing_usage.operators() == ["UPDATE", "INSERT"]

@@ -13,19 +13,29 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from tenantstore import (
+    AdminUser,
+    AdminUserNotFound,
+    AdminUserRepository,
+    AsyncAdminUserRepository,
+    AsyncInMemoryAdminUserRepository,
     AsyncInMemoryTenantRepository,
     AsyncInMemoryUsageRepository,
+    AsyncPostgresAdminUserRepository,
     AsyncPostgresTenantRepository,
     AsyncPostgresUsageRepository,
     AsyncTenantRepository,
     AsyncUsageRepository,
+    AuditEvent,
     CipherError,
     Clock,
     Conflict,
+    InMemoryAdminUserRepository,
     InMemoryTenantRepository,
     InMemoryUsageRepository,
+    InvalidCredentials,
     InvalidInput,
     KeyCipher,
+    PostgresAdminUserRepository,
     PostgresTenantRepository,
     PostgresUsageRepository,
     StaleVersion,
@@ -36,9 +46,11 @@ from tenantstore import (
     TenantRepository,
     UsageRecord,
     UsageRepository,
+    acting_as,
     create_async_pool,
     create_pool,
     generate_api_key,
+    has_permission,
     hash_api_key,
     is_plausible_api_key,
 )
@@ -229,3 +241,49 @@ async def async_postgres_repositories(
     tenants = AsyncPostgresTenantRepository(pool)
     usage = AsyncPostgresUsageRepository(pool, clock=SystemClock())
     return tenants, usage
+
+
+def admin_login(admins: AdminUserRepository, username: str, password: str) -> bool:
+    """An admin API's Basic-auth check, with the Go service's permission table."""
+    try:
+        user: AdminUser = admins.authenticate(username, password)
+    except InvalidCredentials:
+        return False
+    return has_permission(user.role, "tenant:write")
+
+
+def operators() -> list[str]:
+    """Admin users and the audit log, in memory; returns the actions logged."""
+    tenants = InMemoryTenantRepository(actor="setup")
+    admins: AdminUserRepository = InMemoryAdminUserRepository(tenants, actor="setup")
+    alice = admins.create("alice", "correct horse", role="editor")
+    assert admin_login(admins, "alice", "correct horse")
+    assert not admin_login(admins, "alice", "wrong")
+    with acting_as("alice"):
+        admins.update(dataclasses.replace(alice, enabled=False))
+    try:
+        admins.get_by_username("nobody")
+    except AdminUserNotFound as missing:
+        lookup_error: LookupError = missing  # handlers for LookupError catch it
+        del lookup_error
+    events: list[AuditEvent] = tenants.list_audit(limit=10)
+    actors: list[str | None] = [e.actor for e in events]
+    assert actors == ["alice", "setup"]
+    return [e.action for e in events]
+
+
+async def async_operators(admins: AsyncAdminUserRepository) -> AdminUser:
+    user = await admins.create("bob", "battery staple")
+    return await admins.set_password(user.id, "another one")
+
+
+def postgres_admins(conninfo: str) -> AdminUserRepository:
+    """Type-checked only: the PostgreSQL admin repository fits the protocol."""
+    return PostgresAdminUserRepository(create_pool(conninfo), actor="admin-api")
+
+
+async def async_postgres_admins(conninfo: str) -> AsyncAdminUserRepository:
+    pool = await create_async_pool(conninfo)
+    memory: AsyncAdminUserRepository = AsyncInMemoryAdminUserRepository()
+    del memory
+    return AsyncPostgresAdminUserRepository(pool)

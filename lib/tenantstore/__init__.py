@@ -1,24 +1,29 @@
-"""tenantstore: tenants and usage records for LLM gateways.
+"""tenantstore: tenants, usage records and admin users for LLM gateways.
 
-PostgreSQL and in-memory backends with one contract, a caching API-key lookup,
-sync and async. See the README for a tour.
+PostgreSQL and in-memory backends with one contract, a caching API-key lookup, an
+audit log of every change, sync and async. See the README for a tour.
 """
 
 import logging as _logging
 
+from ._async.admin import AsyncPostgresAdminUserRepository
 from ._async.cache import AsyncCachedTenantRepository
 from ._async.listener import AsyncTenantCacheListener
 from ._async.postgres import AsyncPostgresTenantRepository, AsyncPostgresUsageRepository
 from ._cachestate import CacheStats
+from ._sync.admin import PostgresAdminUserRepository
 from ._sync.cache import CachedTenantRepository
 from ._sync.listener import TenantCacheListener
 from ._sync.postgres import PostgresTenantRepository, PostgresUsageRepository
+from .audit import AuditChange, AuditEvent, acting_as
 from .cipher import KeyCipher
 from .clock import Clock, SystemClock
 from .errors import (
+    AdminUserNotFound,
     CipherError,
     Conflict,
     DatabaseUnreachable,
+    InvalidCredentials,
     InvalidInput,
     StaleVersion,
     StoreUnavailable,
@@ -27,39 +32,56 @@ from .errors import (
 )
 from .keys import generate_api_key, hash_api_key, is_plausible_api_key
 from .memory import (
+    AsyncInMemoryAdminUserRepository,
     AsyncInMemoryTenantRepository,
     AsyncInMemoryUsageRepository,
+    InMemoryAdminUserRepository,
     InMemoryTenantRepository,
     InMemoryUsageRepository,
 )
-from .models import Tenant, UsageRecord
+from .models import AdminUser, Tenant, UsageRecord
+from .passwords import hash_password, verify_password
 from .pool import create_async_pool, create_pool
 from .repository import (
+    AdminUserRepository,
+    AsyncAdminUserRepository,
     AsyncTenantRepository,
     AsyncUsageRepository,
     TenantRepository,
     UsageRepository,
 )
+from .roles import has_permission
 
 __all__ = [
+    "AdminUser",
+    "AdminUserNotFound",
+    "AdminUserRepository",
+    "AsyncAdminUserRepository",
     "AsyncCachedTenantRepository",
+    "AsyncInMemoryAdminUserRepository",
     "AsyncInMemoryTenantRepository",
     "AsyncInMemoryUsageRepository",
+    "AsyncPostgresAdminUserRepository",
     "AsyncPostgresTenantRepository",
     "AsyncPostgresUsageRepository",
     "AsyncTenantCacheListener",
     "AsyncTenantRepository",
     "AsyncUsageRepository",
+    "AuditChange",
+    "AuditEvent",
     "CacheStats",
     "CachedTenantRepository",
     "CipherError",
     "Clock",
     "Conflict",
     "DatabaseUnreachable",
+    "InMemoryAdminUserRepository",
     "InMemoryTenantRepository",
     "InMemoryUsageRepository",
+    "InvalidCredentials",
     "InvalidInput",
     "KeyCipher",
+    "PostgresAdminUserRepository",
     "PostgresTenantRepository",
     "PostgresUsageRepository",
     "StaleVersion",
@@ -73,11 +95,15 @@ __all__ = [
     "UsageRecord",
     "UsageRepository",
     "__version__",
+    "acting_as",
     "create_async_pool",
     "create_pool",
     "generate_api_key",
+    "has_permission",
     "hash_api_key",
+    "hash_password",
     "is_plausible_api_key",
+    "verify_password",
 ]
 
 __version__ = "0.1.0"

@@ -1,28 +1,41 @@
 """Paired primitives so one source serves both twins: the async name and its sync twin.
 
 unasync maps each async name here to its sync partner (`AEvent` -> `Event`, ...), so the
-generated `_sync/` modules import the sync side. Nothing here does I/O of its own.
+generated `_sync/` modules import the sync side. Nothing here does I/O of its own,
+except that a watchdog whose deadline passes shuts a connection's socket down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import os
+import socket
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, Generic, TypeVar, cast
+from time import monotonic
+from typing import Any, Final, Generic, TypeVar, cast
+
+import psycopg
+
+from .errors import StoreUnavailable
 
 __all__ = [
     "AEvent",
     "AFlight",
+    "AWatchdog",
     "AWorker",
     "Event",
     "Flight",
     "Lock",
+    "Watchdog",
     "Worker",
     "aevent_wait",
+    "aoffload",
     "aspawn",
     "astop_worker",
     "event_wait",
+    "offload",
     "spawn",
     "stop_worker",
 ]
@@ -78,6 +91,23 @@ async def aevent_wait(event: asyncio.Event, timeout: float | None) -> bool:  # n
     return True
 
 
+def offload(call: Callable[..., T], *args: Any) -> T:
+    """Run a CPU-bound call (a bcrypt hash) in the calling thread."""
+    return call(*args)
+
+
+async def aoffload(call: Callable[..., T], *args: Any) -> T:
+    """Run a CPU-bound call (a bcrypt hash) on a worker thread: the event loop
+    keeps serving while it runs (bcrypt releases the GIL)."""
+    return await asyncio.to_thread(call, *args)
+
+
+_NO_OUTCOME: Final = (
+    "the lookup this call joined did not finish in time (the store is slow or "
+    "out of reach)"
+)
+
+
 class Flight(Generic[T]):
     """One call whose outcome several threads share (single flight).
 
@@ -104,8 +134,10 @@ class Flight(Generic[T]):
             self._done.set()
         return result
 
-    def wait(self) -> T:
-        self._done.wait()
+    def wait(self, timeout: float | None = None) -> T:
+        """The leader's outcome; `StoreUnavailable` if none within `timeout`."""
+        if not self._done.wait(timeout):
+            raise StoreUnavailable(_NO_OUTCOME)
         if self._error is not None:
             raise self._error
         return cast(T, self._result)
@@ -137,14 +169,178 @@ class AFlight(Generic[T]):
         self._task = asyncio.get_running_loop().create_task(self._call())
         return await self.wait()
 
-    async def wait(self) -> T:
+    async def wait(self, timeout: float | None = None) -> T:  # noqa: ASYNC109  (as Event.wait)
+        """The call's outcome; `StoreUnavailable` if none within `timeout` (the
+        call goes on for whoever else waits)."""
         task = self._task
         assert task is not None, "wait() before lead()"
         self._waiters += 1
         try:
-            return await asyncio.shield(task)
+            if timeout is None:
+                return await asyncio.shield(task)
+            try:
+                return await asyncio.wait_for(asyncio.shield(task), timeout)
+            except TimeoutError:
+                raise StoreUnavailable(_NO_OUTCOME) from None
         finally:
             self._waiters -= 1
             if not self._waiters and not task.done():
                 self._on_orphaned()
                 task.cancel()
+
+
+# -- call deadlines ----------------------------------------------------------------
+#
+# A connection whose path is dead (a frozen network, a SIGSTOPped backend) never
+# fails by itself: the peer's kernel keeps ACKing, so keepalives and
+# tcp_user_timeout see nothing, and psycopg's cancel request takes the same dead
+# path. What always works is to shut the socket down: libpq fails at once and the
+# connection is marked broken. Both watchdogs do that when a call's deadline
+# passes; `disarm` says whether it did, so the caller discards the connection.
+
+Conn = psycopg.BaseConnection[Any]
+
+
+def shut_down(conn: Conn) -> None:
+    """Shut `conn`'s socket down, both ways: whatever waits on it fails at once.
+
+    Through a duplicate of the descriptor, so that libpq's own stays valid (and is
+    closed by whoever closes the connection).
+    """
+    try:
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, psycopg.Error):
+        pass  # already closed: nothing is waiting on it any more
+
+
+# The longest the deadline thread sleeps. A deadline later than its next wake-up
+# needs no signal (a signal per call would hand the GIL to the thread every time);
+# one earlier than that (a timeout shorter than this) wakes it.
+_IDLE: Final = 1.0
+_ABSENT: Final = -1.0  # no deadline is negative: monotonic() + seconds
+
+
+class _Deadlines:
+    """The process's deadline thread and what it watches: connection -> deadline.
+
+    Arming and disarming are one dict operation each, without a lock (atomic in
+    CPython). The thread pops an overdue entry and shuts its socket down while
+    holding `lock`; a caller whose pop finds nothing takes `lock` once, so it never
+    closes (or reuses) a connection whose socket is being shut down.
+    """
+
+    def __init__(self) -> None:
+        self.armed: dict[Conn, float] = {}
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.due = math.inf  # the thread's next wake-up; inf: any arm wakes it
+        self.thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def kick(self) -> None:
+        if self.thread is None:
+            with self._start_lock:
+                if self.thread is None:
+                    self.thread = threading.Thread(
+                        target=self._run, name="tenantstore-deadlines", daemon=True
+                    )
+                    self.thread.start()
+        self.wake.set()
+
+    def _run(self) -> None:
+        armed = self.armed
+        while True:
+            self.wake.clear()
+            self.due = math.inf  # an arm during the scan may be missed: wake
+            now = monotonic()
+            due = now + _IDLE
+            overdue = []
+            for conn, deadline in list(armed.items()):
+                if deadline <= now:
+                    overdue.append(conn)
+                elif deadline < due:
+                    due = deadline
+            if overdue:
+                with self.lock:
+                    for conn in overdue:
+                        current = armed.pop(conn, _ABSENT)
+                        if current == _ABSENT:
+                            continue  # disarmed meanwhile: the call finished
+                        if current > now:
+                            armed[conn] = current  # re-armed by its next call
+                            continue
+                        shut_down(conn)
+            self.due = due
+            self.wake.wait(max(0.0, due - monotonic()))
+
+
+_deadlines = _Deadlines()
+
+
+def _after_fork() -> None:
+    # The thread does not exist in a child, and what the parent armed is the
+    # parent's: start afresh.
+    global _deadlines
+    _deadlines = _Deadlines()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+class Watchdog:
+    """Call deadlines for threads: `arm` before a call, `disarm` after it.
+
+    One daemon thread per process serves every watchdog; no thread or timer is
+    created per call.
+    """
+
+    __slots__ = ()
+
+    def arm(self, conn: Conn, seconds: float) -> Conn:
+        """Shut `conn` down unless disarmed within `seconds`; returns the token."""
+        deadlines = _deadlines
+        deadline = monotonic() + seconds
+        deadlines.armed[conn] = deadline
+        if deadline < deadlines.due:
+            deadlines.kick()
+        return conn
+
+    def disarm(self, token: Conn) -> bool:
+        """Stop watching; True if the deadline passed and the socket was shut down."""
+        deadlines = _deadlines
+        if deadlines.armed.pop(token, _ABSENT) != _ABSENT:
+            return False
+        with deadlines.lock:  # the thread took it: wait for it to be done with it
+            return deadlines.armed.pop(token, _ABSENT) == _ABSENT
+
+
+class _Alarm:
+    __slots__ = ("conn", "fired", "handle")
+    handle: asyncio.TimerHandle
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+        self.fired = False
+
+    def fire(self) -> None:
+        self.fired = True
+        shut_down(self.conn)
+
+
+class AWatchdog:
+    """Call deadlines for tasks: a `loop.call_later` timer per call (cheap), which
+    runs on the loop's thread, so it cannot race with the call that owns `conn`."""
+
+    __slots__ = ()
+
+    def arm(self, conn: Conn, seconds: float) -> _Alarm:
+        """Shut `conn` down unless disarmed within `seconds`; returns the token."""
+        alarm = _Alarm(conn)
+        alarm.handle = asyncio.get_running_loop().call_later(seconds, alarm.fire)
+        return alarm
+
+    def disarm(self, token: _Alarm) -> bool:
+        """Stop watching; True if the deadline passed and the socket was shut down."""
+        token.handle.cancel()
+        return token.fired

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ._sql import TENANT_COLUMNS, USAGE_COLUMNS
-from .models import Tenant, UsageRecord
+from .models import AdminUser, Tenant, UsageRecord
 
 
 def utc(value: datetime) -> datetime:
@@ -128,3 +128,16 @@ def usage_from_row(tenant_id: str, row: tuple[Any, ...]) -> UsageRecord:
     s[9](record, row[8])
     s[10](record, utc(row[9]))
     return record
+
+
+def admin_from_row(row: tuple[Any, ...]) -> AdminUser:
+    """An AdminUser from a row in `_sql.ADMIN_COLUMNS` order (NULL timestamps,
+    which another writer may leave, read as None)."""
+    return AdminUser(
+        id=row[0],
+        username=row[1],
+        role=row[2],
+        enabled=row[3],
+        created_at=None if row[4] is None else utc(row[4]),
+        updated_at=None if row[5] is None else utc(row[5]),
+    )

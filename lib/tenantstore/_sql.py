@@ -23,6 +23,8 @@ from pypika import functions as fn
 from pypika.terms import LiteralValue, NullValue
 
 __all__ = [
+    "ADMIN_COLUMNS",
+    "AUDIT_COLUMNS",
     "TENANT_COLUMNS",
     "USAGE_COLUMNS",
     "tenant_select",
@@ -31,6 +33,8 @@ __all__ = [
 tenants: Any = Table("tenants")
 usage: Any = Table("usage_records")
 daily: Any = Table("usage_daily_totals")
+admins: Any = Table("admin_users")
+audit: Any = Table("audit_log")
 _fn: Any = fn
 Query: Any = PostgreSQLQuery
 
@@ -43,6 +47,20 @@ _greatest = CustomFunction("GREATEST", ["a", "b"])
 _array_remove = CustomFunction("array_remove", ["array", "element"])
 _array_ndims = CustomFunction("array_ndims", ["array"])
 _EMPTY_ARRAY = LiteralValue("'{}'")
+
+# Every write to an audited table (tenants, admin_users) states who acts and when,
+# for the audit trigger (migration 013) to record: transaction-local settings made
+# by the statement itself, so it stays one statement (one round trip, and right
+# behind a transaction-pooling proxy). UPDATE and DELETE make them in their WHERE
+# clause, evaluated on the row before it changes; the row triggers that read them
+# fire at the end of the statement. Parameters: `audit.audit_params`.
+_AUDIT_SETTINGS = (
+    "set_config('tenantstore.actor', %(audit_actor)s, true)"
+    " || set_config('tenantstore.at', %(audit_at)s, true)"
+)
+AUDIT_CONTEXT: Final = LiteralValue(f"({_AUDIT_SETTINGS}) IS NOT NULL")
+# INSERT ... SELECT <values> FROM this: the same settings, made before the row is.
+AUDIT_CONTEXT_ROW: Final = Query.select(LiteralValue(f"{_AUDIT_SETTINGS} AS ctx"))
 
 # Order and meaning of the columns _rows.tenant_from_row reads.
 TENANT_COLUMNS: Final = (
@@ -112,14 +130,12 @@ def tenant_select(table: Any) -> list[Any]:
 _tenant_select: Final = tenant_select(tenants)
 assert len(_tenant_select) == len(TENANT_COLUMNS)
 
-key_hashes: Any = Table("tenant_key_hashes")
-
 # A key lookup at the caller's instant %(now)s (migration 011): the current key
 # while it has not expired, else a previous key in grace. UNION ALL under LIMIT 1
 # stops at the first branch that finds a row, so a current key costs one probe of
 # the api_key_hash index, as before; only a key that is not current (in grace, or
-# nobody's) goes on to the second branch: a probe of tenant_key_hashes' primary key
-# and, when it names a tenant, one of tenants' primary key.
+# nobody's) goes on to the second branch: one probe of the partial index of previous
+# keys (migration 015), which holds only the tenants in a grace period.
 _current_key = (
     Query.from_(tenants)
     .select(*_tenant_select)
@@ -132,12 +148,6 @@ _current_key = (
 _previous_key = (
     Query.from_(tenants)
     .select(*_tenant_select)
-    .where(
-        tenants.id
-        == Query.from_(key_hashes)
-        .select(key_hashes.tenant_id)
-        .where(key_hashes.api_key_hash == _p("hash"))
-    )
     .where(tenants.previous_api_key_hash == _p("hash"))
     .where(tenants.enabled == True)  # noqa: E712
     .where(tenants.previous_api_key_expires_at > _p("now"))
@@ -161,7 +171,8 @@ SELECT_ALL: Final[str] = (
 INSERT_TENANT: Final[str] = (
     Query.into(tenants)
     .columns(*(tenants.field(c) for c in (*TENANT_COLUMNS, "api_key_encrypted")))
-    .insert(*(_p(c) for c in (*TENANT_COLUMNS, "api_key_encrypted")))
+    .from_(AUDIT_CONTEXT_ROW)
+    .select(*(_p(c) for c in (*TENANT_COLUMNS, "api_key_encrypted")))
     .returning(*_tenant_select)
     .get_sql()
 )
@@ -182,6 +193,7 @@ def _update(encrypted: Any, prefix: Any, *, versioned: bool) -> str:
         .set(tenants.api_key_expires_at, _p("api_key_expires_at"))
         .set(tenants.api_key_prefix, prefix)
         .where(tenants.id == _p("id"))
+        .where(AUDIT_CONTEXT)
     )
     if versioned:
         query = query.where(tenants.updated_at == _p("expected"))
@@ -218,7 +230,11 @@ UPDATE_TENANT: Final[dict[tuple[bool, bool], str]] = {
 }
 
 DELETE_TENANT: Final[str] = (
-    Query.from_(tenants).delete().where(tenants.id == _p("id")).get_sql()
+    Query.from_(tenants)
+    .delete()
+    .where(tenants.id == _p("id"))
+    .where(AUDIT_CONTEXT)
+    .get_sql()
 )
 
 # The stored copy and the hash it must still match (see `reveal_api_key`).
@@ -239,6 +255,7 @@ SET_ENABLED: Final[str] = (
         _greatest(_p("now"), tenants.updated_at + Interval(microseconds=1)),
     )
     .where(tenants.id == _p("id"))
+    .where(AUDIT_CONTEXT)
     .returning(*_tenant_select)
     .get_sql()
 )
@@ -273,6 +290,7 @@ ROTATE_API_KEY: Final[str] = (
     .set(tenants.updated_at, _moved_updated_at)
     .where(tenants.id == _p("id"))
     .where(tenants.api_key_hash != _p("hash"))
+    .where(AUDIT_CONTEXT)
     .returning(*_tenant_select)
     .get_sql()
 )
@@ -285,6 +303,7 @@ REVOKE_PREVIOUS_API_KEY: Final[str] = (
     .set(tenants.updated_at, _moved_updated_at)
     .where(tenants.id == _p("id"))
     .where(tenants.previous_api_key_hash.notnull())
+    .where(AUDIT_CONTEXT)
     .returning(*_tenant_select)
     .get_sql()
 )
@@ -355,9 +374,7 @@ _any = CustomFunction("ANY", ["array"])
 
 # Revalidation after a reconnect: the full rows of every cached key hash, enabled or
 # not, in one statement (the listener keeps what is unchanged and drops the rest).
-# A hash may be a previous key (migration 011). Read from tenants alone, not through
-# tenant_key_hashes: a listener's role needs SELECT on tenants only, as before. No
-# index covers previous_api_key_hash, so this scans tenants, once per reconnect.
+# A hash may be a previous key (migration 011), found by 015's partial index.
 SELECT_BY_HASHES: Final[str] = (
     Query.from_(tenants)
     .select(*_tenant_select)
@@ -392,3 +409,127 @@ HEARTBEAT: Final[str] = (
     .having(_fn.Count("*") == len(NOTIFY_TRIGGERS))
     .get_sql()
 )
+
+# -- admin users (the Go service's admin_users) -------------------------------------
+
+# Order and meaning of the columns _rows.admin_from_row reads; the password hash is
+# read only by SELECT_ADMIN_LOGIN, after them.
+ADMIN_COLUMNS: Final = ("id", "username", "role", "enabled", "created_at", "updated_at")
+# Another writer may leave enabled NULL (the Go schema allows it): not enabled, as
+# for tenants.
+_admin_select: Final = [
+    _fn.Cast(admins.id, "text"),
+    admins.username,
+    admins.role,
+    _fn.Coalesce(admins.enabled, False),
+    admins.created_at,
+    admins.updated_at,
+]
+_ADMIN_WRITE: Final = ("id", "username", "password_hash", "role", "enabled")
+
+INSERT_ADMIN: Final[str] = (
+    Query.into(admins)
+    .columns(*(admins.field(c) for c in (*_ADMIN_WRITE, "created_at", "updated_at")))
+    .from_(AUDIT_CONTEXT_ROW)
+    .select(*(_p(c) for c in _ADMIN_WRITE), _p("now"), _p("now"))
+    .returning(*_admin_select)
+    .get_sql()
+)
+SELECT_ADMIN_BY_ID: Final[str] = (
+    Query.from_(admins).select(*_admin_select).where(admins.id == _p("id")).get_sql()
+)
+SELECT_ADMIN_BY_USERNAME: Final[str] = (
+    Query.from_(admins)
+    .select(*_admin_select)
+    .where(admins.username == _p("username"))
+    .get_sql()
+)
+SELECT_ADMIN_LOGIN: Final[str] = (
+    Query.from_(admins)
+    .select(*_admin_select, admins.password_hash)
+    .where(admins.username == _p("username"))
+    .get_sql()
+)
+SELECT_ADMIN_ALL: Final[str] = (
+    Query.from_(admins)
+    .select(*_admin_select)
+    .orderby(admins.created_at, order=Order.desc)
+    .orderby(admins.id, order=Order.asc)
+    .get_sql()
+)
+_admin_touch = _greatest(_p("now"), admins.updated_at + Interval(microseconds=1))
+UPDATE_ADMIN: Final[str] = (
+    Query.update(admins)
+    .set(admins.username, _p("username"))
+    .set(admins.role, _p("role"))
+    .set(admins.enabled, _p("enabled"))
+    .set(admins.updated_at, _admin_touch)
+    .where(admins.id == _p("id"))
+    .where(AUDIT_CONTEXT)
+    .returning(*_admin_select)
+    .get_sql()
+)
+SET_ADMIN_PASSWORD: Final[str] = (
+    Query.update(admins)
+    .set(admins.password_hash, _p("password_hash"))
+    .set(admins.updated_at, _admin_touch)
+    .where(admins.id == _p("id"))
+    .where(AUDIT_CONTEXT)
+    .returning(*_admin_select)
+    .get_sql()
+)
+DELETE_ADMIN: Final[str] = (
+    Query.from_(admins)
+    .delete()
+    .where(admins.id == _p("id"))
+    .where(AUDIT_CONTEXT)
+    .get_sql()
+)
+
+# -- the audit log (migration 013) ---------------------------------------------------
+
+AUDIT_COLUMNS: Final = (
+    "id",
+    "at",
+    "table_name",
+    "action",
+    "entity_id",
+    "actor",
+    "database_user",
+    "application_name",
+    "changes",
+)
+
+
+def _select_audit(since: bool, entity: bool, before: bool) -> str:
+    query = Query.from_(audit).select(
+        audit.id,
+        audit.at,
+        audit.table_name,
+        audit.action,
+        _fn.Cast(audit.entity_id, "text"),
+        audit.actor,
+        audit.database_user,
+        audit.application_name,
+        _fn.Cast(audit.changes, "text"),  # parsed by us: numbers stay exact
+    )
+    if since:
+        query = query.where(audit.at >= _p("since"))
+    if entity:
+        query = query.where(audit.entity_id == _p("entity_id"))
+    if before:
+        query = query.where(audit.id < _p("before"))
+    return str(
+        query.orderby(audit.id, order=Order.desc)
+        .limit(LiteralValue("%(limit)s"))
+        .get_sql()
+    )
+
+
+# (since?, entity_id?, before?) -> statement: one plan per filter, each on an index.
+SELECT_AUDIT: Final[dict[tuple[bool, bool, bool], str]] = {
+    (a, b, c): _select_audit(a, b, c)
+    for a in (False, True)
+    for b in (False, True)
+    for c in (False, True)
+}

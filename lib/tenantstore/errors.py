@@ -3,7 +3,9 @@
 ```
 TenantStoreError        base of everything we raise
 ├── TenantNotFound      also LookupError
-├── Conflict            duplicate id or api_key_hash
+├── AdminUserNotFound   also LookupError: no admin user with this id or username
+├── InvalidCredentials  authenticate: wrong password, unknown or disabled user alike
+├── Conflict            duplicate id, api_key_hash or admin username
 │   └── StaleVersion    the tenant changed since it was read (optimistic update)
 ├── InvalidInput        also ValueError; .field names the field
 ├── StoreUnavailable    unreachable, pool exhausted, timeout; __cause__ is the driver's
@@ -18,9 +20,11 @@ Messages name the field and the rule, never a key, a hash or a ciphertext.
 from __future__ import annotations
 
 __all__ = [
+    "AdminUserNotFound",
     "CipherError",
     "Conflict",
     "DatabaseUnreachable",
+    "InvalidCredentials",
     "InvalidInput",
     "StaleVersion",
     "StoreUnavailable",
@@ -41,6 +45,20 @@ class TenantStoreError(Exception):
 
 class TenantNotFound(TenantStoreError, LookupError):
     """No such tenant: unknown, malformed or disabled (for key lookups)."""
+
+    __module__ = "tenantstore"
+
+
+class AdminUserNotFound(TenantStoreError, LookupError):
+    """No admin user with this id or username (malformed ones included)."""
+
+    __module__ = "tenantstore"
+
+
+class InvalidCredentials(TenantStoreError):
+    """`authenticate` refused: the password is wrong, the user is unknown, or the
+    user is disabled. One error for the three, and the same work (one bcrypt
+    verification) for each, so neither the answer nor its time tells which."""
 
     __module__ = "tenantstore"
 

@@ -1,37 +1,47 @@
 """The in-memory backend: a product with the PostgreSQL backend's exact contract.
 
-Same validation, clock, order, idempotency and errors; thread-safe (writes take one
-lock, key lookups read without it). There are no built-in tenants or keys. The async
-twins call the sync methods directly: nothing here blocks beyond that short lock.
+Same validation, clock, order, idempotency, errors and audit log; thread-safe
+(writes take one lock, key lookups read without it). There are no built-in tenants,
+keys or admin users. The async twins call the sync methods directly: nothing here
+blocks beyond that short lock, except bcrypt, which the async admin twin runs on a
+worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import dataclasses
 import threading
 from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
+from typing import Any
 
 from ._rows import utc
+from .audit import AuditEvent, AuditLog, actor_name, audit_query, current_actor
 from .cipher import KeyCipher, encrypted_key_for_write, rotated_key_for_write
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import (
     MODIFIED,
+    AdminUserNotFound,
     CipherError,
     Conflict,
+    InvalidCredentials,
     StaleVersion,
     TenantNotFound,
 )
 from .keys import key_matches_hash, lookup_hash
-from .models import Tenant, UsageRecord
+from .models import AdminUser, Tenant, UsageRecord
+from .passwords import hash_password, verify_password
 from .validation import (
+    admin_user_for_write,
     boolean,
     expected_version,
     grace_period,
     grace_until,
     is_canonical_id,
     is_key_hash,
+    is_username,
     key_prefix,
     optional_datetime,
     tenant_for_write,
@@ -40,8 +50,10 @@ from .validation import (
 )
 
 __all__ = [
+    "AsyncInMemoryAdminUserRepository",
     "AsyncInMemoryTenantRepository",
     "AsyncInMemoryUsageRepository",
+    "InMemoryAdminUserRepository",
     "InMemoryTenantRepository",
     "InMemoryUsageRepository",
 ]
@@ -53,7 +65,17 @@ _ZERO = Decimal("0")
 class _State:
     """Everything one in-memory store holds, under one lock."""
 
-    __slots__ = ("by_hash", "encrypted", "lock", "tenants", "usage")
+    __slots__ = (
+        "admins",
+        "audit",
+        "by_hash",
+        "by_username",
+        "encrypted",
+        "lock",
+        "password_hashes",
+        "tenants",
+        "usage",
+    )
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -61,6 +83,10 @@ class _State:
         self.by_hash: dict[str, str] = {}
         self.encrypted: dict[str, bytes] = {}
         self.usage: dict[str, dict[str, UsageRecord]] = {}
+        self.admins: dict[str, AdminUser] = {}
+        self.by_username: dict[str, str] = {}
+        self.password_hashes: dict[str, str] = {}
+        self.audit = AuditLog()
 
 
 def _not_found() -> TenantNotFound:
@@ -104,24 +130,81 @@ def rotation_times(
     )
 
 
+def _tenant_row(state: _State, tenant: Tenant | None) -> dict[str, Any] | None:
+    """The tenant as its `tenants` row: what the audit trigger diffs. Called
+    under the lock, before the state changes for the old row."""
+    if tenant is None:
+        return None
+    row = {f.name: getattr(tenant, f.name) for f in dataclasses.fields(Tenant)}
+    row["api_key_encrypted"] = state.encrypted.get(tenant.id)
+    return row
+
+
+def _admin_row(state: _State, user: AdminUser | None) -> dict[str, Any] | None:
+    """The admin user as its `admin_users` row (see `_tenant_row`)."""
+    if user is None:
+        return None
+    row = {f.name: getattr(user, f.name) for f in dataclasses.fields(AdminUser)}
+    row["password_hash"] = state.password_hashes.get(user.id)
+    return row
+
+
+def _list_audit(
+    state: _State,
+    since: datetime | None,
+    entity_id: str | None,
+    limit: int,
+    before: int | None,
+) -> builtins.list[AuditEvent]:
+    start, before = audit_query(since, entity_id, limit, before)
+    if entity_id is not None and not is_canonical_id(entity_id):
+        return []
+    with state.lock:
+        return state.audit.select(start, entity_id, limit, before)
+
+
 class InMemoryTenantRepository:
     """Tenants in a dict: the PostgreSQL backend's contract without a database.
 
-    `clock` stamps created_at/updated_at; `cipher` encrypts keys passed to writes.
-    Every tenant held here passed validation: unlike a PostgreSQL table, which the
-    Go service or psql may write around it, this backend cannot hold a row with
-    values our rules reject (rpm -1, a blank name, NULLs), so reads of such rows
-    are a PostgreSQL-only concern (tests/test_foreign_rows.py).
+    `clock` stamps created_at/updated_at; `cipher` encrypts keys passed to writes;
+    `actor` is recorded in the audit log as who wrote (unless `acting_as` names
+    someone else). Every tenant held here passed validation: unlike a PostgreSQL
+    table, which the Go service or psql may write around it, this backend cannot
+    hold a row with values our rules reject (rpm -1, a blank name, NULLs), so
+    reads of such rows are a PostgreSQL-only concern (tests/test_foreign_rows.py).
     """
 
     __module__ = "tenantstore"
 
     def __init__(
-        self, *, clock: Clock | None = None, cipher: KeyCipher | None = None
+        self,
+        *,
+        clock: Clock | None = None,
+        cipher: KeyCipher | None = None,
+        actor: str | None = None,
     ) -> None:
         self._state = _State()
         self._clock = clock or SYSTEM_CLOCK
         self._cipher = cipher
+        self._actor = None if actor is None else actor_name(actor)
+
+    def _audit(
+        self,
+        now: datetime,
+        action: str,
+        tenant_id: str,
+        old: dict[str, Any] | None,
+        new: dict[str, Any] | None,
+    ) -> None:
+        self._state.audit.append(
+            at=now,
+            table="tenants",
+            action=action,
+            entity_id=tenant_id,
+            actor=current_actor(self._actor),
+            old=old,
+            new=new,
+        )
 
     def get_by_api_key(self, api_key: str) -> Tenant:
         api_key_hash = lookup_hash(api_key)
@@ -186,6 +269,7 @@ class InMemoryTenantRepository:
             state.by_hash[stored.api_key_hash] = stored.id
             if encrypted is not None:
                 state.encrypted[stored.id] = encrypted
+            self._audit(now, "INSERT", stored.id, None, _tenant_row(state, stored))
             return stored
 
     def update(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
@@ -205,6 +289,8 @@ class InMemoryTenantRepository:
             if owner is not None and owner != tenant.id:
                 raise _conflict()
             assert old.updated_at is not None
+            before = _tenant_row(state, old)
+            now = utc(self._clock.now())
             if api_key is not None:
                 prefix = key_prefix(api_key)
             elif old.api_key_hash == tenant.api_key_hash:
@@ -215,7 +301,7 @@ class InMemoryTenantRepository:
             stored = dataclasses.replace(
                 tenant,
                 created_at=old.created_at,
-                updated_at=max(utc(self._clock.now()), old.updated_at + _MICROSECOND),
+                updated_at=max(now, old.updated_at + _MICROSECOND),
                 previous_api_key_hash=old.previous_api_key_hash,
                 previous_api_key_expires_at=old.previous_api_key_expires_at,
                 api_key_prefix=prefix,
@@ -229,6 +315,7 @@ class InMemoryTenantRepository:
                     state.encrypted.pop(stored.id, None)
                 else:
                     state.encrypted[stored.id] = encrypted
+            self._audit(now, "UPDATE", stored.id, before, _tenant_row(state, stored))
             return stored
 
     def set_enabled(self, tenant_id: str, enabled: bool) -> Tenant:
@@ -241,12 +328,20 @@ class InMemoryTenantRepository:
             if old is None:
                 raise _not_found()
             assert old.updated_at is not None
+            now = utc(self._clock.now())
             stored = dataclasses.replace(
                 old,
                 enabled=enabled,
-                updated_at=max(utc(self._clock.now()), old.updated_at + _MICROSECOND),
+                updated_at=max(now, old.updated_at + _MICROSECOND),
             )
             state.tenants[tenant_id] = stored
+            self._audit(
+                now,
+                "UPDATE",
+                tenant_id,
+                _tenant_row(state, old),
+                _tenant_row(state, stored),
+            )
             return stored
 
     def rotate_api_key(
@@ -287,12 +382,14 @@ class InMemoryTenantRepository:
                 api_key_prefix=prefix,
                 updated_at=max(now, old.updated_at + _MICROSECOND),
             )
+            before = _tenant_row(state, old)
             _reindex(state, old, stored)
             state.tenants[tenant_id] = stored
             if encrypted is None:
                 state.encrypted.pop(tenant_id, None)
             else:
                 state.encrypted[tenant_id] = encrypted
+            self._audit(now, "UPDATE", tenant_id, before, _tenant_row(state, stored))
             return stored
 
     def revoke_previous_api_key(self, tenant_id: str) -> Tenant:
@@ -306,14 +403,22 @@ class InMemoryTenantRepository:
             if old.previous_api_key_hash is None:
                 return old
             assert old.updated_at is not None
+            now = utc(self._clock.now())
             stored = dataclasses.replace(
                 old,
                 previous_api_key_hash=None,
                 previous_api_key_expires_at=None,
-                updated_at=max(utc(self._clock.now()), old.updated_at + _MICROSECOND),
+                updated_at=max(now, old.updated_at + _MICROSECOND),
             )
             _reindex(state, old, stored)
             state.tenants[tenant_id] = stored
+            self._audit(
+                now,
+                "UPDATE",
+                tenant_id,
+                _tenant_row(state, old),
+                _tenant_row(state, stored),
+            )
             return stored
 
     def delete(self, tenant_id: str) -> None:
@@ -321,12 +426,25 @@ class InMemoryTenantRepository:
             raise _not_found()
         state = self._state
         with state.lock:
-            tenant = state.tenants.pop(tenant_id, None)
+            tenant = state.tenants.get(tenant_id)
             if tenant is None:
                 raise _not_found()
+            before = _tenant_row(state, tenant)
+            del state.tenants[tenant_id]
             _reindex(state, tenant, None)
             state.encrypted.pop(tenant_id, None)
             state.usage.pop(tenant_id, None)
+            self._audit(utc(self._clock.now()), "DELETE", tenant_id, before, None)
+
+    def list_audit(
+        self,
+        since: datetime | None = None,
+        entity_id: str | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+    ) -> builtins.list[AuditEvent]:
+        return _list_audit(self._state, since, entity_id, limit, before)
 
     def reveal_api_key(self, tenant_id: str) -> str | None:
         tenant = self.get_by_id(tenant_id)
@@ -413,9 +531,13 @@ class AsyncInMemoryTenantRepository:
     __module__ = "tenantstore"
 
     def __init__(
-        self, *, clock: Clock | None = None, cipher: KeyCipher | None = None
+        self,
+        *,
+        clock: Clock | None = None,
+        cipher: KeyCipher | None = None,
+        actor: str | None = None,
     ) -> None:
-        self.sync = InMemoryTenantRepository(clock=clock, cipher=cipher)
+        self.sync = InMemoryTenantRepository(clock=clock, cipher=cipher, actor=actor)
 
     async def get_by_api_key(self, api_key: str) -> Tenant:
         return self.sync.get_by_api_key(api_key)
@@ -459,6 +581,16 @@ class AsyncInMemoryTenantRepository:
     async def reveal_api_key(self, tenant_id: str) -> str | None:
         return self.sync.reveal_api_key(tenant_id)
 
+    async def list_audit(
+        self,
+        since: datetime | None = None,
+        entity_id: str | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+    ) -> builtins.list[AuditEvent]:
+        return self.sync.list_audit(since, entity_id, limit, before=before)
+
 
 class AsyncInMemoryUsageRepository:
     """`InMemoryUsageRepository` for asyncio code; each call runs inline."""
@@ -480,3 +612,233 @@ class AsyncInMemoryUsageRepository:
 
     async def get_tenant_total_cost(self, tenant_id: str, since: datetime) -> Decimal:
         return self.sync.get_tenant_total_cost(tenant_id, since)
+
+
+def _no_admin() -> AdminUserNotFound:
+    return AdminUserNotFound("no such admin user")
+
+
+class InMemoryAdminUserRepository:
+    """Admin users in a dict: the PostgreSQL backend's contract without a database.
+
+    Given `tenants`, it shares their store, and so their audit log, as the two
+    PostgreSQL repositories share a database; else it has a store of its own.
+    `clock` stamps created_at/updated_at; `actor` is as for the tenant repository.
+    """
+
+    __module__ = "tenantstore"
+
+    def __init__(
+        self,
+        tenants: InMemoryTenantRepository | None = None,
+        *,
+        clock: Clock | None = None,
+        actor: str | None = None,
+    ) -> None:
+        self._state = _State() if tenants is None else tenants._state
+        self._clock = clock or (SYSTEM_CLOCK if tenants is None else tenants._clock)
+        self._actor = None if actor is None else actor_name(actor)
+
+    def _audit(
+        self,
+        now: datetime,
+        action: str,
+        user_id: str,
+        old: dict[str, Any] | None,
+        new: dict[str, Any] | None,
+    ) -> None:
+        self._state.audit.append(
+            at=now,
+            table="admin_users",
+            action=action,
+            entity_id=user_id,
+            actor=current_actor(self._actor),
+            old=old,
+            new=new,
+        )
+
+    def create(self, username: str, password: str, role: str = "viewer") -> AdminUser:
+        user = admin_user_for_write(AdminUser(username=username, role=role))
+        return self._insert(user, hash_password(password))
+
+    def _insert(self, user: AdminUser, password_hash: str) -> AdminUser:
+        state = self._state
+        with state.lock:
+            if user.id in state.admins or user.username in state.by_username:
+                raise Conflict("an admin user with this id or username already exists")
+            now = utc(self._clock.now())
+            stored = dataclasses.replace(user, created_at=now, updated_at=now)
+            state.admins[stored.id] = stored
+            state.by_username[stored.username] = stored.id
+            state.password_hashes[stored.id] = password_hash
+            self._audit(now, "INSERT", stored.id, None, _admin_row(state, stored))
+            return stored
+
+    def _login(self, username: str) -> tuple[AdminUser, str] | None:
+        state = self._state
+        with state.lock:
+            user_id = state.by_username.get(username) if is_username(username) else None
+            if user_id is None:
+                return None
+            return state.admins[user_id], state.password_hashes[user_id]
+
+    def authenticate(self, username: str, password: str) -> AdminUser:
+        found = self._login(username)
+        # One verification whatever was found (see the PostgreSQL twin).
+        matches = verify_password(password, None if found is None else found[1])
+        if found is None or not matches or not found[0].enabled:
+            raise InvalidCredentials("invalid username or password")
+        return found[0]
+
+    def get_by_id(self, user_id: str) -> AdminUser:
+        user = self._state.admins.get(user_id) if is_canonical_id(user_id) else None
+        if user is None:
+            raise _no_admin()
+        return user
+
+    def get_by_username(self, username: str) -> AdminUser:
+        found = self._login(username)
+        if found is None:
+            raise _no_admin()
+        return found[0]
+
+    def list(self) -> builtins.list[AdminUser]:
+        with self._state.lock:
+            users = builtins.list(self._state.admins.values())
+        users.sort(key=lambda u: u.id)
+        users.sort(key=lambda u: u.created_at or datetime.min, reverse=True)
+        return users
+
+    def update(self, user: AdminUser) -> AdminUser:
+        user = admin_user_for_write(user)
+        state = self._state
+        with state.lock:
+            old = state.admins.get(user.id)
+            if old is None:
+                raise _no_admin()
+            owner = state.by_username.get(user.username)
+            if owner is not None and owner != user.id:
+                raise Conflict("an admin user with this id or username already exists")
+            return self._replace(
+                old, username=user.username, role=user.role, enabled=user.enabled
+            )
+
+    def _replace(
+        self, old: AdminUser, password_hash: str | None = None, **changes: Any
+    ) -> AdminUser:
+        """Store a changed user and audit it; under the lock."""
+        state = self._state
+        before = _admin_row(state, old)
+        now = utc(self._clock.now())
+        updated_at = now
+        if old.updated_at is not None:
+            updated_at = max(now, old.updated_at + _MICROSECOND)
+        stored = dataclasses.replace(old, updated_at=updated_at, **changes)
+        if stored.username != old.username:
+            del state.by_username[old.username]
+            state.by_username[stored.username] = stored.id
+        state.admins[stored.id] = stored
+        if password_hash is not None:
+            state.password_hashes[stored.id] = password_hash
+        self._audit(now, "UPDATE", stored.id, before, _admin_row(state, stored))
+        return stored
+
+    def set_password(self, user_id: str, password: str) -> AdminUser:
+        return self._store_password(user_id, hash_password(password))
+
+    def _store_password(self, user_id: str, password_hash: str) -> AdminUser:
+        if not is_canonical_id(user_id):
+            raise _no_admin()
+        state = self._state
+        with state.lock:
+            old = state.admins.get(user_id)
+            if old is None:
+                raise _no_admin()
+            return self._replace(old, password_hash)
+
+    def delete(self, user_id: str) -> None:
+        if not is_canonical_id(user_id):
+            raise _no_admin()
+        state = self._state
+        with state.lock:
+            user = state.admins.get(user_id)
+            if user is None:
+                raise _no_admin()
+            before = _admin_row(state, user)
+            del state.admins[user_id]
+            del state.by_username[user.username]
+            del state.password_hashes[user_id]
+            self._audit(utc(self._clock.now()), "DELETE", user_id, before, None)
+
+    def list_audit(
+        self,
+        since: datetime | None = None,
+        entity_id: str | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+    ) -> builtins.list[AuditEvent]:
+        return _list_audit(self._state, since, entity_id, limit, before)
+
+
+class AsyncInMemoryAdminUserRepository:
+    """`InMemoryAdminUserRepository` for asyncio code; bcrypt runs on a worker
+    thread, everything else inline."""
+
+    __module__ = "tenantstore"
+
+    def __init__(
+        self,
+        tenants: AsyncInMemoryTenantRepository | None = None,
+        *,
+        clock: Clock | None = None,
+        actor: str | None = None,
+    ) -> None:
+        self.sync = InMemoryAdminUserRepository(
+            None if tenants is None else tenants.sync, clock=clock, actor=actor
+        )
+
+    async def create(
+        self, username: str, password: str, role: str = "viewer"
+    ) -> AdminUser:
+        user = admin_user_for_write(AdminUser(username=username, role=role))
+        password_hash = await asyncio.to_thread(hash_password, password)
+        return self.sync._insert(user, password_hash)
+
+    async def authenticate(self, username: str, password: str) -> AdminUser:
+        found = self.sync._login(username)
+        stored = None if found is None else found[1]
+        matches = await asyncio.to_thread(verify_password, password, stored)
+        if found is None or not matches or not found[0].enabled:
+            raise InvalidCredentials("invalid username or password")
+        return found[0]
+
+    async def get_by_id(self, user_id: str) -> AdminUser:
+        return self.sync.get_by_id(user_id)
+
+    async def get_by_username(self, username: str) -> AdminUser:
+        return self.sync.get_by_username(username)
+
+    async def list(self) -> builtins.list[AdminUser]:
+        return self.sync.list()
+
+    async def update(self, user: AdminUser) -> AdminUser:
+        return self.sync.update(user)
+
+    async def set_password(self, user_id: str, password: str) -> AdminUser:
+        # Hashed here, off the loop; the sync method would hash again inline.
+        password_hash = await asyncio.to_thread(hash_password, password)
+        return self.sync._store_password(user_id, password_hash)
+
+    async def delete(self, user_id: str) -> None:
+        self.sync.delete(user_id)
+
+    async def list_audit(
+        self,
+        since: datetime | None = None,
+        entity_id: str | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+    ) -> builtins.list[AuditEvent]:
+        return self.sync.list_audit(since, entity_id, limit, before=before)

@@ -832,7 +832,8 @@ def _busy(
         then = (
             f"Nothing changed and nothing is marked dirty: schema_migrations still "
             f"says {shown}, clean. Run `migrate up` again once that transaction has "
-            "ended, or with a longer lock timeout or more retries."
+            "ended, or with a longer lock timeout or more retries (`--lock-timeout`, "
+            "`--lock-retries`)."
         )
     else:
         dirty_at = "-1" if target is None else str(target)

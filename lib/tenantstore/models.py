@@ -1,4 +1,4 @@
-"""The domain: `Tenant` and `UsageRecord`, frozen and slotted.
+"""The domain: `Tenant`, `UsageRecord` and `AdminUser`, frozen and slotted.
 
 Constructing one checks nothing: the repositories validate and normalise every value
 on the way in (see `validation`), identically for every backend, and return new
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-__all__ = ["Tenant", "UsageRecord"]
+__all__ = ["AdminUser", "Tenant", "UsageRecord"]
 
 _ZERO = Decimal("0")
 
@@ -80,3 +80,24 @@ class UsageRecord:
     latency_ms: int = 0
     status: str = "success"
     timestamp: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminUser:
+    """An operator of the admin API (the Go service's `admin_users` row).
+
+    `role` is "admin", "editor" or "viewer" (see `has_permission`). The password
+    hash is not a field: it never leaves the repository, so no repr, log line,
+    pickle or `dataclasses.asdict` can carry it. `created_at` and `updated_at` are
+    set by the store from its clock; `update` changes `username`, `role` and
+    `enabled`, and `set_password` the password.
+    """
+
+    __module__ = "tenantstore"
+
+    username: str
+    role: str = "viewer"
+    id: str = field(default_factory=_new_id)
+    enabled: bool = True
+    created_at: datetime | None = None
+    updated_at: datetime | None = None

@@ -3,38 +3,130 @@
 The Go service ran `SetMaxOpenConns(25)`, `SetMaxIdleConns(5)` and
 `SetConnMaxLifetime(5 * time.Minute)`; these pools keep the same shape (at most 25
 connections, 5 kept open, each replaced after 5 minutes) and hand out autocommit
-connections, so a single-statement read costs one round trip.
+connections, so a single-statement read costs one round trip. Each connection is
+set up in one round trip (UTC, and the server-side `statement_timeout`), bounded by
+`connect_timeout`, and the pool's connection attempts are recorded so that a pool
+timeout can tell an unreachable database from a busy one (`_pgerrors`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
+import psycopg
 from psycopg import AsyncConnection, Connection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-__all__ = ["create_async_pool", "create_pool"]
+from ._acompat import AWatchdog, Watchdog
+from ._pgerrors import PoolHealth
+
+__all__ = ["TIMEOUT", "create_async_pool", "create_pool"]
 
 MAX_SIZE = 25
 MIN_SIZE = 5
 MAX_LIFETIME = 300.0
+TIMEOUT: Final = 5.0
+"""The default call bound, for pools and repositories alike (seconds)."""
 
 
 # Sessions in UTC: psycopg then returns timestamps in `datetime.UTC` itself, and
-# turning rows into models needs no time-zone conversion.
-_SET_UTC = "SET TIME ZONE 'UTC'"
+# turning rows into models needs no time-zone conversion. statement_timeout: the
+# server cancels a statement still running after the call's timeout, so a slow
+# (but alive) database fails with a plain StoreUnavailable and keeps its
+# connection, before the client-side deadline would shut a dead path down.
+_SETUP: Final = (
+    "SELECT set_config('TimeZone', 'UTC', false),"
+    " set_config('statement_timeout', %s, false)"
+)
+
+_WATCHDOG: Final = Watchdog()
+_AWATCHDOG: Final = AWatchdog()
 
 
-def _configure(conn: Connection[Any]) -> None:
-    conn.execute(_SET_UTC)
+def _statement_timeout(timeout: float) -> str:
+    return f"{max(1, round(timeout * 1000))}ms"
 
 
-async def _aconfigure(conn: AsyncConnection[Any]) -> None:
-    await conn.execute(_SET_UTC)
+# Applied unless the conninfo says otherwise. An idle pooled connection sends
+# nothing, so a host that stopped answering (crashed, partitioned: no ACKs) would be
+# found only by the next call's deadline; with keepalives the kernel marks such a
+# connection failed within idle + interval * count = 11 s, and the next call finds
+# it broken at once (and a read retries on a fresh one). A path that still ACKs
+# (a frozen proxy, a stopped backend) is the deadline's job: keepalives never fire.
+_KEEPALIVES: Final = {
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "3",
+}
 
 
-def _kwargs(connect_timeout: float) -> dict[str, Any]:
-    return {"autocommit": True, "connect_timeout": max(1, round(connect_timeout))}
+def _kwargs(
+    conninfo: str, connect_timeout: float, health: PoolHealth
+) -> Callable[[], dict[str, Any]]:
+    given = conninfo_to_dict(conninfo)
+    kwargs: dict[str, Any] = {
+        key: value for key, value in _KEEPALIVES.items() if key not in given
+    }
+    kwargs.update(autocommit=True, connect_timeout=max(1, round(connect_timeout)))
+
+    # psycopg_pool resolves a callable `kwargs` before every connection attempt:
+    # the hook that tells `PoolHealth` an attempt started.
+    def resolve() -> dict[str, Any]:
+        health.attempting()
+        return kwargs
+
+    return resolve
+
+
+def _configure(
+    timeout: float, connect_timeout: float, health: PoolHealth
+) -> Callable[[Connection[Any]], None]:
+    params = (_statement_timeout(timeout),)
+
+    def configure(conn: Connection[Any]) -> None:
+        # Bounded like any call: a path that froze after the handshake would
+        # otherwise hold one of the pool's few workers forever.
+        token = _WATCHDOG.arm(conn, connect_timeout)
+        try:
+            conn.execute(_SETUP, params)
+        except BaseException:
+            _WATCHDOG.disarm(token)
+            health.setup_failed()
+            conn.close()
+            raise
+        if _WATCHDOG.disarm(token):
+            health.setup_failed()
+            conn.close()
+            raise psycopg.OperationalError("setting up a new connection took too long")
+        health.connected()
+
+    return configure
+
+
+def _aconfigure(
+    timeout: float, connect_timeout: float, health: PoolHealth
+) -> Callable[[AsyncConnection[Any]], Any]:
+    params = (_statement_timeout(timeout),)
+
+    async def configure(conn: AsyncConnection[Any]) -> None:
+        token = _AWATCHDOG.arm(conn, connect_timeout)
+        try:
+            await conn.execute(_SETUP, params)
+        except BaseException:
+            _AWATCHDOG.disarm(token)
+            health.setup_failed()
+            await conn.close()
+            raise
+        if _AWATCHDOG.disarm(token):
+            health.setup_failed()
+            await conn.close()
+            raise psycopg.OperationalError("setting up a new connection took too long")
+        health.connected()
+
+    return configure
 
 
 def create_pool(
@@ -43,26 +135,34 @@ def create_pool(
     min_size: int = MIN_SIZE,
     max_size: int = MAX_SIZE,
     max_lifetime: float = MAX_LIFETIME,
-    timeout: float = 5.0,
+    timeout: float = TIMEOUT,
     connect_timeout: float = 5.0,
     name: str = "tenantstore",
 ) -> ConnectionPool:
     """An open psycopg pool for the repositories (close it when done).
 
-    `timeout` bounds the wait for a free connection: past it a repository call
-    raises `StoreUnavailable` instead of hanging a request.
+    `timeout` (seconds) bounds the wait for a free connection and, as the server's
+    `statement_timeout`, each statement: past either a repository call raises
+    `StoreUnavailable` instead of hanging a request. Repositories built on this pool
+    take the same `timeout` by default. `connect_timeout` bounds each connection
+    attempt (the handshake and the session setup). Connections get TCP keepalives
+    unless `conninfo` sets them.
     """
-    return ConnectionPool(
+    health = PoolHealth()
+    pool = ConnectionPool(
         conninfo,
         min_size=min_size,
         max_size=max_size,
         max_lifetime=max_lifetime,
         timeout=timeout,
-        kwargs=_kwargs(connect_timeout),
-        configure=_configure,
+        kwargs=_kwargs(conninfo, connect_timeout, health),
+        configure=_configure(timeout, connect_timeout, health),
         name=name,
-        open=True,
+        open=False,
     )
+    health.bind(pool)
+    pool.open()
+    return pool
 
 
 async def create_async_pool(
@@ -71,21 +171,23 @@ async def create_async_pool(
     min_size: int = MIN_SIZE,
     max_size: int = MAX_SIZE,
     max_lifetime: float = MAX_LIFETIME,
-    timeout: float = 5.0,  # noqa: ASYNC109  (the pool's wait bound, as in psycopg_pool)
+    timeout: float = TIMEOUT,  # noqa: ASYNC109  (the pool's wait bound, as in psycopg_pool)
     connect_timeout: float = 5.0,
     name: str = "tenantstore",
 ) -> AsyncConnectionPool:
     """`create_pool` for asyncio: an open `AsyncConnectionPool`."""
+    health = PoolHealth()
     pool = AsyncConnectionPool(
         conninfo,
         min_size=min_size,
         max_size=max_size,
         max_lifetime=max_lifetime,
         timeout=timeout,
-        kwargs=_kwargs(connect_timeout),
-        configure=_aconfigure,
+        kwargs=_kwargs(conninfo, connect_timeout, health),
+        configure=_aconfigure(timeout, connect_timeout, health),
         name=name,
         open=False,
     )
+    health.bind(pool)
     await pool.open()
     return pool

@@ -1,4 +1,4 @@
-"""The repository contracts: `TenantRepository`, `UsageRepository` and async twins.
+"""The repository contracts: tenants, usage, admin users, and async twins.
 
 Both are `typing.Protocol`s, so any object with these methods is a repository; the
 sync protocols are generated from the async ones (see `_async/protocols.py`).
@@ -6,10 +6,16 @@ sync protocols are generated from the async ones (see `_async/protocols.py`).
 
 from __future__ import annotations
 
-from ._async.protocols import AsyncTenantRepository, AsyncUsageRepository
-from ._sync.protocols import TenantRepository, UsageRepository
+from ._async.protocols import (
+    AsyncAdminUserRepository,
+    AsyncTenantRepository,
+    AsyncUsageRepository,
+)
+from ._sync.protocols import AdminUserRepository, TenantRepository, UsageRepository
 
 __all__ = [
+    "AdminUserRepository",
+    "AsyncAdminUserRepository",
     "AsyncTenantRepository",
     "AsyncUsageRepository",
     "TenantRepository",

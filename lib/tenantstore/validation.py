@@ -17,15 +17,18 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Final
 
 from .errors import InvalidInput
-from .models import Tenant, UsageRecord
+from .models import AdminUser, Tenant, UsageRecord
+from .roles import ROLES
 
 __all__ = [
     "BUDGET_MAX",
     "COST_MAX",
     "INT_MAX",
+    "admin_user_for_write",
     "grace_period",
     "is_canonical_id",
     "is_key_hash",
+    "is_username",
     "key_prefix",
     "money",
     "tenant_for_write",
@@ -264,4 +267,45 @@ def usage_for_write(record: object, now: datetime | None = None) -> UsageRecord:
         latency_ms=integer("latency_ms", record.latency_ms),
         status=text("status", record.status, 20, allow_blank=False),
         timestamp=timestamp,
+    )
+
+
+USERNAME_MAX: Final = 255  # admin_users.username is varchar(255)
+
+
+def is_username(value: object) -> bool:
+    """True for a str that could be a stored username (lookups of anything else
+    find nobody, without a query)."""
+    return (
+        type(value) is str
+        and 0 < len(value) <= USERNAME_MAX
+        and "\x00" not in value
+        and _encodable(value)
+    )
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def role(field: str, value: object) -> str:
+    """One of the roles the Go service knows: "admin", "editor", "viewer"."""
+    if type(value) is not str or value not in ROLES:
+        raise InvalidInput(field, f"must be one of {', '.join(ROLES)}")
+    return value
+
+
+def admin_user_for_write(user: object) -> AdminUser:
+    """Validate an admin user for create or update (timestamps dropped)."""
+    if not isinstance(user, AdminUser):
+        raise InvalidInput("user", f"must be an AdminUser, not {type(user).__name__}")
+    return AdminUser(
+        id=canonical_id("id", user.id),
+        username=text("username", user.username, USERNAME_MAX, allow_blank=False),
+        role=role("role", user.role),
+        enabled=boolean("enabled", user.enabled),
     )

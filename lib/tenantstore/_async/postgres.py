@@ -10,6 +10,7 @@ lookup that cannot match (a malformed id or hash) answers without a query.
 from __future__ import annotations
 
 import builtins
+import math
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -20,11 +21,26 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from .. import _sql
-from .._pgerrors import translate_error
+from .._acompat import AWatchdog
+from .._pgerrors import (
+    RETRY_ONCE,
+    STALE_PLAN,
+    discards_connection,
+    track_pool,
+    translate_error,
+)
 from .._rows import tenant_from_row, tenant_params, usage_from_row, usage_params, utc
+from ..audit import (
+    AuditEvent,
+    actor_name,
+    audit_params,
+    audit_query,
+    current_actor,
+    event_from_row,
+)
 from ..cipher import KeyCipher, encrypted_key_for_write, rotated_key_for_write
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import MODIFIED, CipherError, StaleVersion, TenantNotFound
+from ..errors import MODIFIED, CipherError, InvalidInput, StaleVersion, TenantNotFound
 from ..keys import key_matches_hash, lookup_hash
 from ..models import Tenant, UsageRecord
 from ..validation import (
@@ -45,6 +61,15 @@ __all__ = ["AsyncPostgresTenantRepository", "AsyncPostgresUsageRepository"]
 
 _ZERO: Final = Decimal("0")
 _ONE_DAY: Final = timedelta(days=1)
+
+
+# The client-side deadline trails the server's statement_timeout by this much: time
+# for the server's cancellation to come back, so that a slow statement fails as
+# busy (and keeps its connection) rather than being cut as a dead path.
+_GRACE: Final = 1.0
+# psycopg watches for this command and forgets its own prepared statements too.
+_DEALLOCATE_ALL: Final = "DEALLOCATE ALL"
+_WATCHDOG: Final = AWatchdog()
 
 
 def _not_found() -> TenantNotFound:
@@ -82,14 +107,33 @@ def _total_cost_query(tenant_id: str, since: datetime) -> tuple[str, dict[str, A
 class _AsyncPostgres:
     """What both PostgreSQL repositories share: a pool, a clock, one way to run."""
 
-    __slots__ = ("_clock", "_pool", "_prepare")
+    __slots__ = ("_clock", "_deadline", "_pool", "_prepare", "_timeout")
 
     def __init__(
-        self, pool: AsyncConnectionPool, clock: Clock | None, prepare: bool
+        self,
+        pool: AsyncConnectionPool,
+        clock: Clock | None,
+        prepare: bool,
+        timeout: float | None,
     ) -> None:
+        if timeout is None:
+            timeout = float(pool.timeout)
+        if isinstance(timeout, bool) or not (
+            isinstance(timeout, int | float) and 0 < timeout < math.inf
+        ):
+            raise InvalidInput("timeout", "must be a positive number of seconds")
         self._pool = pool
         self._clock = clock or SYSTEM_CLOCK
         self._prepare = prepare
+        self._timeout = float(timeout)
+        self._deadline = self._timeout + _GRACE
+        track_pool(pool)
+
+    @property
+    def timeout(self) -> float:
+        """The call bound, in seconds: the wait for a connection, and the statement's
+        (the server's statement_timeout; no answer `timeout` + 1 s: a dead path)."""
+        return self._timeout
 
     async def _run(
         self,
@@ -101,32 +145,92 @@ class _AsyncPostgres:
     ) -> Any:
         """Run one statement on a pool connection; driver errors become ours.
 
+        Bounded: at most `timeout` waiting for a connection, and `timeout` + a
+        grace for the answer, past which the connection is shut down and
+        `DatabaseUnreachable` raised (the server's statement_timeout, set by
+        `create_async_pool`, ends a slow statement first: `StoreUnavailable`).
+
         With `retry`, a statement whose connection turns out broken (the server
         restarted, a proxy dropped it: the pool cannot know until it is used) runs
         once more on a fresh connection. Only idempotent statements retry: reads,
-        and the usage insert, which ON CONFLICT makes idempotent.
+        and the usage insert, which ON CONFLICT makes idempotent. A dead path (the
+        deadline passed) is not retried: the retry would wait as long again. What
+        the server refused before doing anything (`RETRY_ONCE`: a stale prepared
+        statement, a read-only session) is cured and tried once more, whatever
+        the statement.
         """
         pool = self._pool
+        conn = None  # set: a connection kept for the retry (its plans deallocated)
+        again = True  # one more try after RETRY_ONCE
         while True:
-            conn = None
-            try:
-                # getconn/putconn rather than `pool.connection()`: on an
-                # autocommit connection the latter's no-op commit costs about a
-                # third of the client's time on a lookup.
-                conn = await pool.getconn()
+            if conn is None:
                 try:
-                    if conn.autocommit:
-                        return await self._execute(conn, statement, params, fetch)
+                    # getconn/putconn rather than `pool.connection()`: on an
+                    # autocommit connection the latter's no-op commit costs about
+                    # a third of the client's time on a lookup.
+                    conn = await pool.getconn(self._timeout)
+                except psycopg.Error as exc:
+                    raise translate_error(exc, pool=pool, waited=self._timeout) from exc
+            alarm = _WATCHDOG.arm(conn, self._deadline)
+            try:
+                if conn.autocommit:
+                    result = await self._execute(conn, statement, params, fetch)
+                else:
                     # Not one of ours (see `create_async_pool`): its own transaction.
                     async with conn.transaction():
-                        return await self._execute(conn, statement, params, fetch)
-                finally:
-                    await pool.putconn(conn)
+                        result = await self._execute(conn, statement, params, fetch)
             except psycopg.Error as exc:
-                if retry and conn is not None and conn.broken:
+                fired = _WATCHDOG.disarm(alarm)
+                lost = fired or conn.broken
+                if again and not lost and isinstance(exc, RETRY_ONCE):
+                    # Refused before anything was done: safe to try again.
+                    again = False
+                    if isinstance(exc, STALE_PLAN) and await self._deallocate(conn):
+                        continue  # on the same connection, now without stale plans
+                    await conn.close()
+                    await pool.putconn(conn)
+                    conn = None
+                    continue
+                if lost or discards_connection(exc):
+                    # Closed first, so that the pool replaces it rather than
+                    # handing the same fault to the next caller.
+                    await conn.close()
+                await pool.putconn(conn)
+                conn = None
+                if lost and not fired and retry:
                     retry = False
                     continue
-                raise translate_error(exc) from exc
+                raise translate_error(
+                    exc, lost=lost, deadline=self._deadline if fired else None
+                ) from exc
+            except BaseException:
+                # Cancelled or interrupted mid-call: the pool discards a
+                # connection that is not idle.
+                _WATCHDOG.disarm(alarm)
+                await pool.putconn(conn)
+                raise
+            if _WATCHDOG.disarm(alarm):
+                await conn.close()  # the deadline passed as the answer came
+            await pool.putconn(conn)
+            return result
+
+    async def _deallocate(self, conn: AsyncConnection[Any]) -> bool:
+        """Drop `conn`'s prepared statements (psycopg forgets its own); True if done."""
+        alarm = _WATCHDOG.arm(conn, self._deadline)
+        try:
+            if conn.autocommit:
+                await conn.execute(_DEALLOCATE_ALL)
+            else:
+                async with conn.transaction():
+                    await conn.execute(_DEALLOCATE_ALL)
+        except psycopg.Error:
+            _WATCHDOG.disarm(alarm)
+            return False
+        except BaseException:
+            _WATCHDOG.disarm(alarm)
+            await self._pool.putconn(conn)  # as `_run` does when interrupted
+            raise
+        return not _WATCHDOG.disarm(alarm)
 
     async def _execute(
         self,
@@ -149,11 +253,16 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
     `pool` should hand out autocommit connections (`create_async_pool` does);
     `prepare=False` suits a transaction-pooling proxy that cannot keep prepared
     statements. `clock` stamps created_at/updated_at; `cipher` encrypts keys
-    passed to writes.
+    passed to writes. `actor` is recorded in the audit log as who made each write
+    (unless `acting_as` names someone else for it); without either, the log has
+    the database role and application_name only. `timeout` (seconds; the pool's own
+    `timeout` by default, 5 s from `create_async_pool`) bounds every call: the wait
+    for a connection, then the statement (see `_run`); past it, `StoreUnavailable`,
+    or `DatabaseUnreachable` when the database is out of reach.
     """
 
     __module__ = "tenantstore"
-    __slots__ = ("_cipher",)
+    __slots__ = ("_actor", "_cipher")
 
     def __init__(
         self,
@@ -162,9 +271,12 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
         clock: Clock | None = None,
         cipher: KeyCipher | None = None,
         prepare: bool = True,
+        actor: str | None = None,
+        timeout: float | None = None,
     ) -> None:
-        super().__init__(pool, clock, prepare)
+        super().__init__(pool, clock, prepare, timeout)
         self._cipher = cipher
+        self._actor = None if actor is None else actor_name(actor)
 
     async def get_by_api_key(self, api_key: str) -> Tenant:
         api_key_hash = lookup_hash(api_key)
@@ -210,12 +322,14 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
         encrypted = encrypted_key_for_write(
             tenant.api_key_hash, tenant.id, api_key, self._cipher
         )
+        now = utc(self._clock.now())
         params = tenant_params(
             tenant,
-            now=utc(self._clock.now()),
+            now=now,
             api_key_encrypted=encrypted,
             api_key_prefix=None if api_key is None else key_prefix(api_key),
         )
+        params.update(audit_params(current_actor(self._actor), now))
         row = await self._run(
             _sql.INSERT_TENANT,
             params,
@@ -231,13 +345,15 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
         encrypted = encrypted_key_for_write(
             tenant.api_key_hash, tenant.id, api_key, self._cipher
         )
+        now = utc(self._clock.now())
         params = tenant_params(
             tenant,
-            now=utc(self._clock.now()),
+            now=now,
             api_key_encrypted=encrypted,
             expected=expected,
             api_key_prefix=None if api_key is None else key_prefix(api_key),
         )
+        params.update(audit_params(current_actor(self._actor), now))
         statement = _sql.UPDATE_TENANT[api_key is not None, expected is not None]
         row = await self._run(statement, params, ONE, retry=False)
         if row is None:
@@ -251,9 +367,15 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
         enabled = boolean("enabled", enabled)
         if not is_canonical_id(tenant_id):
             raise _not_found()
+        now = utc(self._clock.now())
         row = await self._run(
             _sql.SET_ENABLED,
-            {"id": tenant_id, "enabled": enabled, "now": utc(self._clock.now())},
+            {
+                "id": tenant_id,
+                "enabled": enabled,
+                "now": now,
+                **audit_params(current_actor(self._actor), now),
+            },
             ONE,
             retry=False,
         )
@@ -287,6 +409,7 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
                 "expires_at": expires_at,
                 "prefix": prefix,
                 "api_key_encrypted": encrypted,
+                **audit_params(current_actor(self._actor), now),
             },
             ONE,
             retry=False,
@@ -300,9 +423,14 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
     async def revoke_previous_api_key(self, tenant_id: str) -> Tenant:
         if not is_canonical_id(tenant_id):
             raise _not_found()
+        now = utc(self._clock.now())
         row = await self._run(
             _sql.REVOKE_PREVIOUS_API_KEY,
-            {"id": tenant_id, "now": utc(self._clock.now())},
+            {
+                "id": tenant_id,
+                "now": now,
+                **audit_params(current_actor(self._actor), now),
+            },
             ONE,
             retry=False,
         )
@@ -313,14 +441,25 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
     async def delete(self, tenant_id: str) -> None:
         if not is_canonical_id(tenant_id):
             raise _not_found()
+        now = utc(self._clock.now())
         deleted = await self._run(
             _sql.DELETE_TENANT,
-            {"id": tenant_id},
+            {"id": tenant_id, **audit_params(current_actor(self._actor), now)},
             COUNT,
             retry=False,
         )
         if deleted == 0:
             raise _not_found()
+
+    async def list_audit(
+        self,
+        since: datetime | None = None,
+        entity_id: str | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+    ) -> builtins.list[AuditEvent]:
+        return await list_audit(self, since, entity_id, limit, before)
 
     async def reveal_api_key(self, tenant_id: str) -> str | None:
         if not is_canonical_id(tenant_id):
@@ -344,8 +483,28 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
         return api_key if key_matches_hash(api_key, api_key_hash) else None
 
 
+async def list_audit(
+    repository: _AsyncPostgres,
+    since: datetime | None,
+    entity_id: str | None,
+    limit: int,
+    before: int | None,
+) -> builtins.list[AuditEvent]:
+    """The audit log, newest first (see `AsyncTenantRepository.list_audit`)."""
+    start, before = audit_query(since, entity_id, limit, before)
+    if entity_id is not None and not is_canonical_id(entity_id):
+        return []
+    params = {"since": start, "entity_id": entity_id, "before": before, "limit": limit}
+    key = (start is not None, entity_id is not None, before is not None)
+    rows = await repository._run(_sql.SELECT_AUDIT[key], params, ALL, retry=True)
+    return [event_from_row(row) for row in rows]
+
+
 class AsyncPostgresUsageRepository(_AsyncPostgres):
-    """Usage records in PostgreSQL; `record` is idempotent on (tenant, request)."""
+    """Usage records in PostgreSQL; `record` is idempotent on (tenant, request).
+
+    `pool`, `clock`, `prepare` and `timeout` as for `AsyncPostgresTenantRepository`.
+    """
 
     __module__ = "tenantstore"
     __slots__ = ()
@@ -356,8 +515,9 @@ class AsyncPostgresUsageRepository(_AsyncPostgres):
         *,
         clock: Clock | None = None,
         prepare: bool = True,
+        timeout: float | None = None,
     ) -> None:
-        super().__init__(pool, clock, prepare)
+        super().__init__(pool, clock, prepare, timeout)
 
     async def record(self, record: UsageRecord) -> bool:
         record = usage_for_write(record, utc(self._clock.now()))

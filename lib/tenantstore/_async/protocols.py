@@ -1,4 +1,4 @@
-"""The repository contracts as `typing.Protocol`s: tenants and usage records.
+"""The repository contracts as `typing.Protocol`s: tenants, usage, admin users.
 
 Every backend (in memory, PostgreSQL, the cache) satisfies these, with the same
 results, order and errors; the differential tests hold them to it.
@@ -11,7 +11,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
 
-from ..models import Tenant, UsageRecord
+from ..audit import AuditEvent
+from ..models import AdminUser, Tenant, UsageRecord
 
 
 class AsyncTenantRepository(Protocol):
@@ -123,6 +124,23 @@ class AsyncTenantRepository(Protocol):
         """
         ...
 
+    async def list_audit(
+        self,
+        since: datetime | None = None,
+        entity_id: str | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+    ) -> builtins.list[AuditEvent]:
+        """Audit log entries (tenants and admin users), newest first.
+
+        `since` keeps entries at or after it (aware datetime); `entity_id` those
+        of one tenant or admin user (anything that is not an id finds none);
+        `limit` (1..1000) bounds the page. The order is the log's (`id`
+        descending): for the next page pass the last entry's `id` as `before`.
+        """
+        ...
+
 
 class AsyncUsageRepository(Protocol):
     """Usage records: what each request consumed and cost."""
@@ -142,4 +160,67 @@ class AsyncUsageRepository(Protocol):
 
     async def get_tenant_total_cost(self, tenant_id: str, since: datetime) -> Decimal:
         """Exact sum of cost_usd since `since` (inclusive); Decimal("0") if none."""
+        ...
+
+
+class AsyncAdminUserRepository(Protocol):
+    """Operators of the admin API: the Go service's `admin_users`, shared.
+
+    Lookups never raise for odd input: it is `AdminUserNotFound`. Writes validate
+    first (`InvalidInput` naming the field) and are audited like tenants'.
+    """
+
+    async def create(
+        self, username: str, password: str, role: str = "viewer"
+    ) -> AdminUser:
+        """A new, enabled admin user with a bcrypt hash of `password`.
+
+        Raises `Conflict` when the username is taken, `InvalidInput` for a
+        username (1..255 characters), role or password (1..72 bytes) refused.
+        """
+        ...
+
+    async def authenticate(self, username: str, password: str) -> AdminUser:
+        """The enabled user whose password this is; else `InvalidCredentials`,
+        the same for a wrong password, an unknown or a disabled user, after the
+        same work (one bcrypt verification)."""
+        ...
+
+    async def get_by_id(self, user_id: str) -> AdminUser:
+        """The user, enabled or not; `AdminUserNotFound` if none has this id."""
+        ...
+
+    async def get_by_username(self, username: str) -> AdminUser:
+        """The user, enabled or not; `AdminUserNotFound` if none has this name."""
+        ...
+
+    async def list(self) -> builtins.list[AdminUser]:
+        """Every admin user, newest first (created_at DESC, then id ASC)."""
+        ...
+
+    async def update(self, user: AdminUser) -> AdminUser:
+        """Set the user's `username`, `role` and `enabled` (updated_at moves).
+
+        Raises `AdminUserNotFound` for an unknown id, `Conflict` when the new
+        username is another user's.
+        """
+        ...
+
+    async def set_password(self, user_id: str, password: str) -> AdminUser:
+        """Replace the user's password hash; `AdminUserNotFound` if none."""
+        ...
+
+    async def delete(self, user_id: str) -> None:
+        """Remove the user; `AdminUserNotFound` if none has this id."""
+        ...
+
+    async def list_audit(
+        self,
+        since: datetime | None = None,
+        entity_id: str | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+    ) -> builtins.list[AuditEvent]:
+        """The audit log, as `AsyncTenantRepository.list_audit` reads it."""
         ...

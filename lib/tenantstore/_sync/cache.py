@@ -21,6 +21,7 @@ from typing import Final
 
 from .._acompat import Flight
 from .._cachestate import CacheState, CacheStats, Fill
+from ..audit import AuditEvent
 from ..clock import Clock, SystemClock
 from ..errors import DatabaseUnreachable, InvalidInput, TenantNotFound
 from ..keys import is_plausible_api_key, is_tagged_api_key, key_secrets
@@ -74,7 +75,9 @@ class CachedTenantRepository:
     rejected without a query, so set it once every key in use carries the tag
     (`get_by_api_key_hash` cannot be checked: a hash carries no tag). Concurrent
     misses for one key make one inner lookup; the others wait for its result or
-    its error.
+    its error, for at most `wait_timeout` seconds (default: 2 x the inner
+    repository's `timeout` + 1 s, its worst case; unbounded for an inner store
+    without a `timeout`), then raise `StoreUnavailable`.
 
     Guarantees:
 
@@ -117,9 +120,20 @@ class CachedTenantRepository:
         negative_maxsize: int = 10_000,
         stale_if_error: float = 0.0,
         key_secret: bytes | Sequence[bytes] | None = None,
+        wait_timeout: float | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.inner = inner
+        # How long a caller waits on a lookup another caller leads. The leader is
+        # bounded by the inner repository (a PostgreSQL one answers or fails within
+        # about 2 x its `timeout` + 1 s: the pool wait, then the statement); a
+        # waiter gives up at that bound too, whatever the inner repository is.
+        inner_timeout = getattr(inner, "timeout", None)
+        if wait_timeout is None and isinstance(inner_timeout, int | float):
+            wait_timeout = 2 * inner_timeout + 1
+        self._wait_timeout = (
+            None if wait_timeout is None else _seconds("wait_timeout", wait_timeout)
+        )
         # What a presented key must pass before the store is asked.
         self._plausible: Callable[[object], bool] = (
             is_plausible_api_key
@@ -200,7 +214,7 @@ class CachedTenantRepository:
         try:
             if leader:
                 return fill.flight.lead()
-            return fill.flight.wait()
+            return fill.flight.wait(self._wait_timeout)
         except DatabaseUnreachable:
             # Only while the database is out of reach: a busy one (pool
             # exhausted, statement timeout) answers again soon, and serving a
@@ -247,6 +261,17 @@ class CachedTenantRepository:
     def reveal_api_key(self, tenant_id: str) -> str | None:
         """The tenant's plaintext key, from the inner store (never cached)."""
         return self.inner.reveal_api_key(tenant_id)
+
+    def list_audit(
+        self,
+        since: datetime | None = None,
+        entity_id: str | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+    ) -> builtins.list[AuditEvent]:
+        """The inner store's audit log (not cached)."""
+        return self.inner.list_audit(since, entity_id, limit, before=before)
 
     # -- writes: invalidate before returning -------------------------------------
 

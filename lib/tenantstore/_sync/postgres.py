@@ -11,6 +11,7 @@ lookup that cannot match (a malformed id or hash) answers without a query.
 from __future__ import annotations
 
 import builtins
+import math
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -21,11 +22,26 @@ from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
 from .. import _sql
-from .._pgerrors import translate_error
+from .._acompat import Watchdog
+from .._pgerrors import (
+    RETRY_ONCE,
+    STALE_PLAN,
+    discards_connection,
+    track_pool,
+    translate_error,
+)
 from .._rows import tenant_from_row, tenant_params, usage_from_row, usage_params, utc
+from ..audit import (
+    AuditEvent,
+    actor_name,
+    audit_params,
+    audit_query,
+    current_actor,
+    event_from_row,
+)
 from ..cipher import KeyCipher, encrypted_key_for_write, rotated_key_for_write
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import MODIFIED, CipherError, StaleVersion, TenantNotFound
+from ..errors import MODIFIED, CipherError, InvalidInput, StaleVersion, TenantNotFound
 from ..keys import key_matches_hash, lookup_hash
 from ..models import Tenant, UsageRecord
 from ..validation import (
@@ -46,6 +62,15 @@ __all__ = ["PostgresTenantRepository", "PostgresUsageRepository"]
 
 _ZERO: Final = Decimal("0")
 _ONE_DAY: Final = timedelta(days=1)
+
+
+# The client-side deadline trails the server's statement_timeout by this much: time
+# for the server's cancellation to come back, so that a slow statement fails as
+# busy (and keeps its connection) rather than being cut as a dead path.
+_GRACE: Final = 1.0
+# psycopg watches for this command and forgets its own prepared statements too.
+_DEALLOCATE_ALL: Final = "DEALLOCATE ALL"
+_WATCHDOG: Final = Watchdog()
 
 
 def _not_found() -> TenantNotFound:
@@ -83,14 +108,33 @@ def _total_cost_query(tenant_id: str, since: datetime) -> tuple[str, dict[str, A
 class _AsyncPostgres:
     """What both PostgreSQL repositories share: a pool, a clock, one way to run."""
 
-    __slots__ = ("_clock", "_pool", "_prepare")
+    __slots__ = ("_clock", "_deadline", "_pool", "_prepare", "_timeout")
 
     def __init__(
-        self, pool: ConnectionPool, clock: Clock | None, prepare: bool
+        self,
+        pool: ConnectionPool,
+        clock: Clock | None,
+        prepare: bool,
+        timeout: float | None,
     ) -> None:
+        if timeout is None:
+            timeout = float(pool.timeout)
+        if isinstance(timeout, bool) or not (
+            isinstance(timeout, int | float) and 0 < timeout < math.inf
+        ):
+            raise InvalidInput("timeout", "must be a positive number of seconds")
         self._pool = pool
         self._clock = clock or SYSTEM_CLOCK
         self._prepare = prepare
+        self._timeout = float(timeout)
+        self._deadline = self._timeout + _GRACE
+        track_pool(pool)
+
+    @property
+    def timeout(self) -> float:
+        """The call bound, in seconds: the wait for a connection, and the statement's
+        (the server's statement_timeout; no answer `timeout` + 1 s: a dead path)."""
+        return self._timeout
 
     def _run(
         self,
@@ -102,32 +146,92 @@ class _AsyncPostgres:
     ) -> Any:
         """Run one statement on a pool connection; driver errors become ours.
 
+        Bounded: at most `timeout` waiting for a connection, and `timeout` + a
+        grace for the answer, past which the connection is shut down and
+        `DatabaseUnreachable` raised (the server's statement_timeout, set by
+        `create_async_pool`, ends a slow statement first: `StoreUnavailable`).
+
         With `retry`, a statement whose connection turns out broken (the server
         restarted, a proxy dropped it: the pool cannot know until it is used) runs
         once more on a fresh connection. Only idempotent statements retry: reads,
-        and the usage insert, which ON CONFLICT makes idempotent.
+        and the usage insert, which ON CONFLICT makes idempotent. A dead path (the
+        deadline passed) is not retried: the retry would wait as long again. What
+        the server refused before doing anything (`RETRY_ONCE`: a stale prepared
+        statement, a read-only session) is cured and tried once more, whatever
+        the statement.
         """
         pool = self._pool
+        conn = None  # set: a connection kept for the retry (its plans deallocated)
+        again = True  # one more try after RETRY_ONCE
         while True:
-            conn = None
-            try:
-                # getconn/putconn rather than `pool.connection()`: on an
-                # autocommit connection the latter's no-op commit costs about a
-                # third of the client's time on a lookup.
-                conn = pool.getconn()
+            if conn is None:
                 try:
-                    if conn.autocommit:
-                        return self._execute(conn, statement, params, fetch)
+                    # getconn/putconn rather than `pool.connection()`: on an
+                    # autocommit connection the latter's no-op commit costs about
+                    # a third of the client's time on a lookup.
+                    conn = pool.getconn(self._timeout)
+                except psycopg.Error as exc:
+                    raise translate_error(exc, pool=pool, waited=self._timeout) from exc
+            alarm = _WATCHDOG.arm(conn, self._deadline)
+            try:
+                if conn.autocommit:
+                    result = self._execute(conn, statement, params, fetch)
+                else:
                     # Not one of ours (see `create_async_pool`): its own transaction.
                     with conn.transaction():
-                        return self._execute(conn, statement, params, fetch)
-                finally:
-                    pool.putconn(conn)
+                        result = self._execute(conn, statement, params, fetch)
             except psycopg.Error as exc:
-                if retry and conn is not None and conn.broken:
+                fired = _WATCHDOG.disarm(alarm)
+                lost = fired or conn.broken
+                if again and not lost and isinstance(exc, RETRY_ONCE):
+                    # Refused before anything was done: safe to try again.
+                    again = False
+                    if isinstance(exc, STALE_PLAN) and self._deallocate(conn):
+                        continue  # on the same connection, now without stale plans
+                    conn.close()
+                    pool.putconn(conn)
+                    conn = None
+                    continue
+                if lost or discards_connection(exc):
+                    # Closed first, so that the pool replaces it rather than
+                    # handing the same fault to the next caller.
+                    conn.close()
+                pool.putconn(conn)
+                conn = None
+                if lost and not fired and retry:
                     retry = False
                     continue
-                raise translate_error(exc) from exc
+                raise translate_error(
+                    exc, lost=lost, deadline=self._deadline if fired else None
+                ) from exc
+            except BaseException:
+                # Cancelled or interrupted mid-call: the pool discards a
+                # connection that is not idle.
+                _WATCHDOG.disarm(alarm)
+                pool.putconn(conn)
+                raise
+            if _WATCHDOG.disarm(alarm):
+                conn.close()  # the deadline passed as the answer came
+            pool.putconn(conn)
+            return result
+
+    def _deallocate(self, conn: Connection[Any]) -> bool:
+        """Drop `conn`'s prepared statements (psycopg forgets its own); True if done."""
+        alarm = _WATCHDOG.arm(conn, self._deadline)
+        try:
+            if conn.autocommit:
+                conn.execute(_DEALLOCATE_ALL)
+            else:
+                with conn.transaction():
+                    conn.execute(_DEALLOCATE_ALL)
+        except psycopg.Error:
+            _WATCHDOG.disarm(alarm)
+            return False
+        except BaseException:
+            _WATCHDOG.disarm(alarm)
+            self._pool.putconn(conn)  # as `_run` does when interrupted
+            raise
+        return not _WATCHDOG.disarm(alarm)
 
     def _execute(
         self,
@@ -150,11 +254,16 @@ class PostgresTenantRepository(_AsyncPostgres):
     `pool` should hand out autocommit connections (`create_async_pool` does);
     `prepare=False` suits a transaction-pooling proxy that cannot keep prepared
     statements. `clock` stamps created_at/updated_at; `cipher` encrypts keys
-    passed to writes.
+    passed to writes. `actor` is recorded in the audit log as who made each write
+    (unless `acting_as` names someone else for it); without either, the log has
+    the database role and application_name only. `timeout` (seconds; the pool's own
+    `timeout` by default, 5 s from `create_async_pool`) bounds every call: the wait
+    for a connection, then the statement (see `_run`); past it, `StoreUnavailable`,
+    or `DatabaseUnreachable` when the database is out of reach.
     """
 
     __module__ = "tenantstore"
-    __slots__ = ("_cipher",)
+    __slots__ = ("_actor", "_cipher")
 
     def __init__(
         self,
@@ -163,9 +272,12 @@ class PostgresTenantRepository(_AsyncPostgres):
         clock: Clock | None = None,
         cipher: KeyCipher | None = None,
         prepare: bool = True,
+        actor: str | None = None,
+        timeout: float | None = None,
     ) -> None:
-        super().__init__(pool, clock, prepare)
+        super().__init__(pool, clock, prepare, timeout)
         self._cipher = cipher
+        self._actor = None if actor is None else actor_name(actor)
 
     def get_by_api_key(self, api_key: str) -> Tenant:
         api_key_hash = lookup_hash(api_key)
@@ -211,12 +323,14 @@ class PostgresTenantRepository(_AsyncPostgres):
         encrypted = encrypted_key_for_write(
             tenant.api_key_hash, tenant.id, api_key, self._cipher
         )
+        now = utc(self._clock.now())
         params = tenant_params(
             tenant,
-            now=utc(self._clock.now()),
+            now=now,
             api_key_encrypted=encrypted,
             api_key_prefix=None if api_key is None else key_prefix(api_key),
         )
+        params.update(audit_params(current_actor(self._actor), now))
         row = self._run(
             _sql.INSERT_TENANT,
             params,
@@ -232,13 +346,15 @@ class PostgresTenantRepository(_AsyncPostgres):
         encrypted = encrypted_key_for_write(
             tenant.api_key_hash, tenant.id, api_key, self._cipher
         )
+        now = utc(self._clock.now())
         params = tenant_params(
             tenant,
-            now=utc(self._clock.now()),
+            now=now,
             api_key_encrypted=encrypted,
             expected=expected,
             api_key_prefix=None if api_key is None else key_prefix(api_key),
         )
+        params.update(audit_params(current_actor(self._actor), now))
         statement = _sql.UPDATE_TENANT[api_key is not None, expected is not None]
         row = self._run(statement, params, ONE, retry=False)
         if row is None:
@@ -252,9 +368,15 @@ class PostgresTenantRepository(_AsyncPostgres):
         enabled = boolean("enabled", enabled)
         if not is_canonical_id(tenant_id):
             raise _not_found()
+        now = utc(self._clock.now())
         row = self._run(
             _sql.SET_ENABLED,
-            {"id": tenant_id, "enabled": enabled, "now": utc(self._clock.now())},
+            {
+                "id": tenant_id,
+                "enabled": enabled,
+                "now": now,
+                **audit_params(current_actor(self._actor), now),
+            },
             ONE,
             retry=False,
         )
@@ -288,6 +410,7 @@ class PostgresTenantRepository(_AsyncPostgres):
                 "expires_at": expires_at,
                 "prefix": prefix,
                 "api_key_encrypted": encrypted,
+                **audit_params(current_actor(self._actor), now),
             },
             ONE,
             retry=False,
@@ -301,9 +424,14 @@ class PostgresTenantRepository(_AsyncPostgres):
     def revoke_previous_api_key(self, tenant_id: str) -> Tenant:
         if not is_canonical_id(tenant_id):
             raise _not_found()
+        now = utc(self._clock.now())
         row = self._run(
             _sql.REVOKE_PREVIOUS_API_KEY,
-            {"id": tenant_id, "now": utc(self._clock.now())},
+            {
+                "id": tenant_id,
+                "now": now,
+                **audit_params(current_actor(self._actor), now),
+            },
             ONE,
             retry=False,
         )
@@ -314,14 +442,25 @@ class PostgresTenantRepository(_AsyncPostgres):
     def delete(self, tenant_id: str) -> None:
         if not is_canonical_id(tenant_id):
             raise _not_found()
+        now = utc(self._clock.now())
         deleted = self._run(
             _sql.DELETE_TENANT,
-            {"id": tenant_id},
+            {"id": tenant_id, **audit_params(current_actor(self._actor), now)},
             COUNT,
             retry=False,
         )
         if deleted == 0:
             raise _not_found()
+
+    def list_audit(
+        self,
+        since: datetime | None = None,
+        entity_id: str | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+    ) -> builtins.list[AuditEvent]:
+        return list_audit(self, since, entity_id, limit, before)
 
     def reveal_api_key(self, tenant_id: str) -> str | None:
         if not is_canonical_id(tenant_id):
@@ -345,8 +484,28 @@ class PostgresTenantRepository(_AsyncPostgres):
         return api_key if key_matches_hash(api_key, api_key_hash) else None
 
 
+def list_audit(
+    repository: _AsyncPostgres,
+    since: datetime | None,
+    entity_id: str | None,
+    limit: int,
+    before: int | None,
+) -> builtins.list[AuditEvent]:
+    """The audit log, newest first (see `AsyncTenantRepository.list_audit`)."""
+    start, before = audit_query(since, entity_id, limit, before)
+    if entity_id is not None and not is_canonical_id(entity_id):
+        return []
+    params = {"since": start, "entity_id": entity_id, "before": before, "limit": limit}
+    key = (start is not None, entity_id is not None, before is not None)
+    rows = repository._run(_sql.SELECT_AUDIT[key], params, ALL, retry=True)
+    return [event_from_row(row) for row in rows]
+
+
 class PostgresUsageRepository(_AsyncPostgres):
-    """Usage records in PostgreSQL; `record` is idempotent on (tenant, request)."""
+    """Usage records in PostgreSQL; `record` is idempotent on (tenant, request).
+
+    `pool`, `clock`, `prepare` and `timeout` as for `AsyncPostgresTenantRepository`.
+    """
 
     __module__ = "tenantstore"
     __slots__ = ()
@@ -357,8 +516,9 @@ class PostgresUsageRepository(_AsyncPostgres):
         *,
         clock: Clock | None = None,
         prepare: bool = True,
+        timeout: float | None = None,
     ) -> None:
-        super().__init__(pool, clock, prepare)
+        super().__init__(pool, clock, prepare, timeout)
 
     def record(self, record: UsageRecord) -> bool:
         record = usage_for_write(record, utc(self._clock.now()))
