@@ -8,6 +8,7 @@ listener.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from psycopg_pool import ConnectionPool
 from tenantstore import (
     CachedTenantRepository,
     Conflict,
+    InMemoryTenantRepository,
     KeyCipher,
     PostgresTenantRepository,
     Tenant,
@@ -248,3 +250,19 @@ def test_rotation_and_revocation_in_another_process_reach_this_cache(
         wait_until(lambda: found(here.cache, b) is None, "the previous key ends")
         assert found(here.cache, a) is None
         assert found(here.cache, c) is not None
+
+
+def test_enabling_a_tenant_in_grace_revives_its_previous_key_in_the_cache() -> None:
+    clock = FakeClock()
+    cache = CachedTenantRepository(InMemoryTenantRepository(clock=clock), clock=clock)
+    old, new = generate_api_key(), generate_api_key()
+    tenant = new_tenant(cache, old)
+    cache.rotate_api_key(tenant.id, new, grace=timedelta(hours=1))
+    disabled = cache.update(
+        dataclasses.replace(cache.get_by_id(tenant.id), enabled=False)
+    )
+    assert not authenticates(cache, old)  # now remembered as unknown
+    # Built afresh (no previous key in it): the store keeps the previous key.
+    cache.update(Tenant(id=disabled.id, name="acme", api_key_hash=hash_api_key(new)))
+    assert authenticates(cache, old)  # the negative entry of the previous key went
+    assert authenticates(cache, new)

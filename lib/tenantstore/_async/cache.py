@@ -282,12 +282,16 @@ class AsyncCachedTenantRepository:
             self._state.invalidate(None, _hashes(tenant))
 
     async def update(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
-        """`inner.update`, then drop the tenant's entry (under its old key hash)
-        and anything cached under its new one."""
+        """`inner.update`, then drop the tenant's entries (under its old key
+        hashes) and anything cached under its new ones, its previous key's
+        included (an update that enables the tenant revives that key too)."""
+        hashes = _hashes(tenant)
         try:
-            return await self.inner.update(tenant, api_key=api_key)
+            stored = await self.inner.update(tenant, api_key=api_key)
+            hashes += _hashes(stored)
+            return stored
         finally:
-            self._state.invalidate(_tenant_id(tenant), _hashes(tenant))
+            self._state.invalidate(_tenant_id(tenant), hashes)
 
     async def set_enabled(self, tenant_id: str, enabled: bool) -> Tenant:
         """`inner.set_enabled`, then drop the tenant's entry and anything cached
