@@ -143,6 +143,7 @@ class Data:
                 )
             migrate.up(url)
             with psycopg.connect(url, autocommit=True) as conn:
+                copy_lifecycle(conn, tenants.tenants)
                 conn.execute("ANALYZE")
             self._lookup = Lookup(
                 url=url,
@@ -160,15 +161,22 @@ class Data:
             tenants = make_tenants(n, "list")
             with psycopg.connect(url, autocommit=True) as conn:
                 copy_tenants(conn, tenants.tenants)
+                copy_lifecycle(conn, tenants.tenants)
                 conn.execute("ANALYZE")
             self._listing = (url, tenants)
         return self._listing
 
 
 def make_tenants(n: int, prefix: str) -> TenantSet:
-    """n tenants with fresh keys, created one millisecond apart (oldest first)."""
+    """n tenants with fresh keys, created one millisecond apart (oldest first).
+
+    Each is in the middle of its key's lifecycle (migration 011), as a gateway's
+    tenants are once keys rotate: its key expires in a year, and the key it
+    replaced is still in a month's grace, so lookups and the cache carry both.
+    """
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     keys = [generate_api_key() for _ in range(n)]
+    salt = uuid.uuid4().hex
     tenants = [
         Tenant(
             id=str(uuid.uuid4()),
@@ -182,6 +190,10 @@ def make_tenants(n: int, prefix: str) -> TenantSet:
             enabled=True,
             created_at=base + timedelta(milliseconds=i),
             updated_at=base + timedelta(milliseconds=i),
+            api_key_expires_at=base + timedelta(days=366),
+            previous_api_key_hash=hash_api_key(f"previous-{salt}-{i}"),
+            previous_api_key_expires_at=base + timedelta(days=31),
+            api_key_prefix=key[:8],
         )
         for i, key in enumerate(keys)
     ]
@@ -214,6 +226,39 @@ def copy_tenants(conn: psycopg.Connection[Any], tenants: list[Tenant]) -> None:
                     t.updated_at,
                 )
             )
+
+
+def copy_lifecycle(conn: psycopg.Connection[Any], tenants: list[Tenant]) -> None:
+    """The key lifecycle columns of `tenants`, stored (after migration 011)."""
+    columns = (
+        "id, api_key_expires_at, previous_api_key_hash, "
+        "previous_api_key_expires_at, api_key_prefix"
+    )
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(
+            "CREATE TEMPORARY TABLE lifecycle (id uuid, api_key_expires_at"
+            " timestamptz, previous_api_key_hash varchar(64),"
+            " previous_api_key_expires_at timestamptz, api_key_prefix varchar(8))"
+            " ON COMMIT DROP"
+        )
+        with cur.copy(f"COPY lifecycle ({columns}) FROM STDIN") as copy:
+            for t in tenants:
+                copy.write_row(
+                    (
+                        t.id,
+                        t.api_key_expires_at,
+                        t.previous_api_key_hash,
+                        t.previous_api_key_expires_at,
+                        t.api_key_prefix,
+                    )
+                )
+        cur.execute(
+            "UPDATE tenants t SET api_key_expires_at = l.api_key_expires_at,"
+            " previous_api_key_hash = l.previous_api_key_hash,"
+            " previous_api_key_expires_at = l.previous_api_key_expires_at,"
+            " api_key_prefix = l.api_key_prefix"
+            " FROM lifecycle l WHERE t.id = l.id"
+        )
 
 
 def request_id(g: int) -> str:

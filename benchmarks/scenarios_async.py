@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import random
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -64,19 +65,24 @@ def async_lookup(ctx: Context) -> Iterator[list[Variant]]:
         repo = AsyncPostgresTenantRepository(pool)
         conn = runner.run(asyncpg.connect(**asyncpg_params(lookup.url)))
         stack.callback(lambda: runner.run(conn.close()))
-        prepared = runner.run(conn.prepare(dollar_params(statement, ["hash"])))
+        prepared = runner.run(conn.prepare(dollar_params(statement, ["hash", "now"])))
 
         async def floor(key: str) -> Any:
             async with pool.connection() as c:
                 cur = await c.execute(
                     statement,
-                    {"hash": _sha256(key.encode()).hexdigest()},
+                    {
+                        "hash": _sha256(key.encode()).hexdigest(),
+                        "now": datetime.now(UTC),
+                    },
                     prepare=True,
                 )
                 return await cur.fetchone()
 
         async def with_asyncpg(key: str) -> Any:
-            return await prepared.fetchrow(_sha256(key.encode()).hexdigest())
+            return await prepared.fetchrow(
+                _sha256(key.encode()).hexdigest(), datetime.now(UTC)
+            )
 
         rows = check_id_row(expected)
         yield [

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import random
 from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
 from typing import Any
 
 import tenantstore
@@ -223,8 +225,13 @@ def _memory_repo(ctx: Context) -> tuple[InMemoryTenantRepository, list[str]]:
     n = min(WORKING_SET, ctx.sizes.tenants)
     made = make_tenants(n, "memory")
     repo = InMemoryTenantRepository()
-    for t in made.tenants:
-        repo.create(t)
+    for key, t in zip(made.keys, made.tenants, strict=True):
+        # Created with the key it replaced, then rotated: in grace, as in PostgreSQL.
+        assert t.previous_api_key_hash is not None
+        repo.create(dataclasses.replace(t, api_key_hash=t.previous_api_key_hash))
+        repo.rotate_api_key(
+            t.id, key, grace=timedelta(days=30), expires_at=t.api_key_expires_at
+        )
     return repo, random.Random(5).sample(made.keys, n)
 
 

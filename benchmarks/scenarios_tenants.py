@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 import sqlalchemy as sa
@@ -48,17 +48,34 @@ _sha256 = hashlib.sha256
 def pypika_lookup_sql() -> str:
     """SELECT_ENABLED_BY_HASH, built from scratch as a per-call builder would."""
     tenants: Any = Table("tenants")
-    query: Any = (
+    hash_, now = Parameter("%(hash)s"), Parameter("%(now)s")
+    current: Any = (
         PostgreSQLQuery.from_(tenants)
         .select(*_sql.tenant_select(tenants))
-        .where(tenants.api_key_hash == Parameter("%(hash)s"))
+        .where(tenants.api_key_hash == hash_)
         .where(tenants.enabled == True)  # noqa: E712  (PyPika builds SQL from ==)
+        .where(tenants.api_key_expires_at.isnull() | (tenants.api_key_expires_at > now))
     )
-    sql: str = query.get_sql()
+    previous: Any = (
+        PostgreSQLQuery.from_(tenants)
+        .select(*_sql.tenant_select(tenants))
+        .where(tenants.previous_api_key_hash == hash_)
+        .where(tenants.enabled == True)  # noqa: E712
+        .where(tenants.previous_api_key_expires_at > now)
+    )
+    sql: str = str(current.union_all(previous).limit(1).get_sql())
     return sql
 
 
-def sqlalchemy_lookup() -> sa.Select[Any]:
+# The lookup before the key lifecycle (migration 011): current keys only, no
+# expiry, one index probe; what the Go service sends, with our well-typed columns.
+CURRENT_KEY_ONLY_SQL: Final = (
+    f"SELECT {', '.join(c.get_sql() for c in _sql.tenant_select(Table('tenants')))}"
+    " FROM tenants WHERE api_key_hash = %(hash)s AND enabled = true"
+)
+
+
+def sqlalchemy_lookup() -> Any:
     """The same SELECT in SQLAlchemy Core (compiled once, then from its cache)."""
     t = sa.table("tenants", *(sa.column(c) for c in _sql.TENANT_COLUMNS))
 
@@ -84,16 +101,35 @@ def sqlalchemy_lookup() -> sa.Select[Any]:
         sa.func.coalesce(t.c.enabled, sa.false()),
         t.c.created_at,
         t.c.updated_at,
+        t.c.api_key_expires_at,
+        t.c.previous_api_key_hash,
+        t.c.previous_api_key_expires_at,
+        t.c.api_key_prefix,
     ]
-    return (
+    now: Any = sa.bindparam("now")
+    current = (
         sa.select(*columns)
         .where(t.c.api_key_hash == sa.bindparam("hash"))
         .where(t.c.enabled == sa.true())
+        .where(sa.or_(t.c.api_key_expires_at.is_(None), t.c.api_key_expires_at > now))
     )
+    previous = (
+        sa.select(*columns)
+        .where(t.c.previous_api_key_hash == sa.bindparam("hash"))
+        .where(t.c.enabled == sa.true())
+        .where(t.c.previous_api_key_expires_at > now)
+    )
+    union: Any = sa.union_all(current, previous).limit(1)
+    return union
 
 
 def _hash(key: str) -> str:
     return _sha256(key.encode()).hexdigest()
+
+
+def _params(key: str) -> dict[str, Any]:
+    # The lookup's instant is the caller's clock, as the repository passes it.
+    return {"hash": _hash(key), "now": datetime.now(UTC)}
 
 
 def _pool_fetchone(pool: ConnectionPool, statement: str) -> Callable[[Any], Any]:
@@ -133,23 +169,30 @@ def pg_lookup(ctx: Context) -> Iterator[list[Variant]]:
 
         def floor(key: str) -> Any:
             with pool.connection() as conn:
-                cur = conn.execute(statement, {"hash": _hash(key)}, prepare=True)
+                cur = conn.execute(statement, _params(key), prepare=True)
+                return cur.fetchone()
+
+        def current_key_only(key: str) -> Any:
+            with pool.connection() as conn:
+                cur = conn.execute(
+                    CURRENT_KEY_ONLY_SQL, {"hash": _hash(key)}, prepare=True
+                )
                 return cur.fetchone()
 
         def one_connection(key: str) -> Any:
-            return raw.execute(statement, {"hash": _hash(key)}, prepare=True).fetchone()
+            return raw.execute(statement, _params(key), prepare=True).fetchone()
 
         def sqlalchemy(engine: sa.Engine) -> Callable[[str], Any]:
             def lookup(key: str) -> Any:
                 with engine.connect() as conn:
-                    return conn.execute(select, {"hash": _hash(key)}).fetchone()
+                    return conn.execute(select, _params(key)).fetchone()
 
             return lookup
 
         def pypika(key: str) -> Any:
             sql = pypika_lookup_sql()
             with pool.connection() as conn:
-                return conn.execute(sql, {"hash": _hash(key)}, prepare=True).fetchone()
+                return conn.execute(sql, _params(key), prepare=True).fetchone()
 
         rows = check_id_row(expected)
         yield [
@@ -164,6 +207,12 @@ def pg_lookup(ctx: Context) -> Iterator[list[Variant]]:
                 per_call(floor, arg, rows),
                 target=FLOOR_TARGET,
                 note="prepared, fetchone, builds nothing",
+            ),
+            Variant(
+                "hand-written, current key only (before 011)",
+                "reference",
+                per_call(current_key_only, arg, rows),
+                note="one index probe, no expiry: the Go service's query",
             ),
             Variant(
                 "one raw psycopg connection",
@@ -271,6 +320,10 @@ def _tenant_params(t: Tenant, now: datetime) -> dict[str, Any]:
         "now": now,
         "api_key_encrypted": None,
         "expected": t.updated_at,
+        "api_key_expires_at": t.api_key_expires_at,
+        "previous_api_key_hash": None,
+        "previous_api_key_expires_at": None,
+        "api_key_prefix": t.api_key_prefix,
         # The audit context every write states (see tenantstore.audit).
         "audit_actor": "",
         "audit_at": now.isoformat(),

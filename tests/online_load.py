@@ -4,10 +4,10 @@ Shared by tests/test_migrate_online.py and the ``migrate-online`` benchmark
 scenario. `load_go_era` fills a database at version 1 (the Go service's schema) on
 the server itself (generate_series: a million rows in seconds), with what that
 service leaves: NULLs in nullable columns, requests stored twice. `ServingLoop` is
-the gateway meanwhile, in a thread of its own: it looks a key up through
-`PostgresTenantRepository` and records one request with the Go service's own INSERT
-(tenantstore's INSERT ... ON CONFLICT needs the unique index a later migration
-builds), over and over, and keeps the longest time one round took.
+the gateway meanwhile, in a thread of its own: it looks a key up and records one
+request with the Go service's own SELECT and INSERT (tenantstore's statements need
+what later migrations build: the unique index, the columns of 011), over and over,
+and keeps the longest time one round took.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg
 
-from tenantstore import PostgresTenantRepository, create_pool, migrate
+from tenantstore import hash_api_key, migrate
 
 __all__ = [
     "LOOKUP_TENANTS",
@@ -32,6 +32,12 @@ __all__ = [
 LOOKUP_TENANTS = 1_000  # tenants the loop authenticates as; usage spreads over them
 DAYS = 30
 # The Go service's Record statement (internal/repository/postgres_usage.go).
+# The Go service's key lookup (internal/repository/postgres.go), as it sends it.
+GO_LOOKUP = (
+    "SELECT id, name, api_key_hash, budget_usd, rate_limit_rpm, allowed_models,"
+    " default_provider, fallback_providers, enabled, created_at, updated_at"
+    " FROM tenants WHERE api_key_hash = %s AND enabled = true"
+)
 GO_RECORD_USAGE = (
     "INSERT INTO usage_records (tenant_id, request_id, model, provider,"
     " input_tokens, output_tokens, cost_usd, cached, latency_ms, status, created_at)"
@@ -115,18 +121,23 @@ class ServingLoop:
 
     def _run(self) -> None:
         try:
-            with (
-                create_pool(self.url, min_size=1, max_size=1) as pool,
-                psycopg.connect(self.url, autocommit=True) as go,
-            ):
-                tenants = PostgresTenantRepository(pool)
+            # What serves during an upgrade is the code deployed before it: this
+            # library's previous release or the Go service, whose statements name
+            # the columns they know. This release's repository names the columns
+            # of migration 011, so the loop authenticates with the Go service's
+            # own SELECT, which every migration must keep working.
+            with psycopg.connect(self.url, autocommit=True) as go:
                 n = 0
                 while not self._stop.is_set():
                     n += 1
                     which = n % LOOKUP_TENANTS + 1
                     started = time.perf_counter()
-                    tenant = tenants.get_by_api_key(key(which))
-                    request = (tenant.id, f"loop-{n}")
+                    row = go.execute(
+                        GO_LOOKUP, (hash_api_key(key(which)),), prepare=True
+                    ).fetchone()
+                    if row is None:
+                        raise AssertionError("a tenant stopped authenticating")
+                    request = (str(row[0]), f"loop-{n}")
                     go.execute(
                         GO_RECORD_USAGE,
                         (*request, "gpt-4o", "openai", 1, 2, 0.000125, False, 3,

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -125,6 +125,21 @@ class Inner:
     def set_enabled(self, tenant_id: str, enabled: bool) -> Tenant:
         return self.real.set_enabled(tenant_id, enabled)
 
+    def rotate_api_key(
+        self,
+        tenant_id: str,
+        api_key: str,
+        *,
+        grace: timedelta = timedelta(0),
+        expires_at: datetime | None = None,
+    ) -> Tenant:
+        return self.real.rotate_api_key(
+            tenant_id, api_key, grace=grace, expires_at=expires_at
+        )
+
+    def revoke_previous_api_key(self, tenant_id: str) -> Tenant:
+        return self.real.revoke_previous_api_key(tenant_id)
+
     def delete(self, tenant_id: str) -> None:
         self.real.delete(tenant_id)
 
@@ -198,6 +213,21 @@ class AsyncInner:
 
     async def set_enabled(self, tenant_id: str, enabled: bool) -> Tenant:
         return await self.real.set_enabled(tenant_id, enabled)
+
+    async def rotate_api_key(
+        self,
+        tenant_id: str,
+        api_key: str,
+        *,
+        grace: timedelta = timedelta(0),
+        expires_at: datetime | None = None,
+    ) -> Tenant:
+        return await self.real.rotate_api_key(
+            tenant_id, api_key, grace=grace, expires_at=expires_at
+        )
+
+    async def revoke_previous_api_key(self, tenant_id: str) -> Tenant:
+        return await self.real.revoke_previous_api_key(tenant_id)
 
     async def delete(self, tenant_id: str) -> None:
         await self.real.delete(tenant_id)

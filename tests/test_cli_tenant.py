@@ -12,7 +12,7 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlencode
@@ -194,6 +194,9 @@ def test_list_and_show_never_print_the_key_or_its_hash(cli: CliRunner) -> None:
         "ENABLED",
         "BUDGET_USD",
         "RPM",
+        "KEY",
+        "KEY_EXPIRES_AT",
+        "PREVIOUS_KEY_UNTIL",
         "CREATED_AT",
     ]
     assert len(rows) == 2  # the newline in a name does not split its row
@@ -292,6 +295,51 @@ def test_rotate_key_without_a_cipher_drops_the_stored_encryption(
     assert run.status == 1
     assert "no stored key" in run.err
     assert run.out == ""
+
+
+def test_rotate_key_with_grace_then_revoke_and_create_with_expiry(
+    cli: CliRunner, pool: ConnectionPool
+) -> None:
+    tenant_id, old_key = cli.create("--name", "graceful", "--expires-in", "90d")
+    shown = json.loads(cli("tenant", "show", tenant_id, "--json").out)
+    assert shown["key_prefix"] == old_key[:8]
+    expires = datetime.fromisoformat(shown["key_expires_at"])
+    left = expires - datetime.now(expires.tzinfo)
+    assert timedelta(days=89) < left <= timedelta(days=90)
+    assert shown["previous_key_until"] is None
+
+    run = cli(
+        "tenant", "rotate-key", tenant_id, "--grace", "24h", "--expires-in", "30d"
+    )
+    assert run.status == 0, run.err
+    assert "the previous key works until " in run.out
+    assert old_key not in run.out
+    [key_line] = [line for line in run.out.splitlines() if line.startswith("new api")]
+    new_key = key_line.removeprefix("new api key: ")
+    # Both keys authenticate during the grace period.
+    assert authenticates(pool, old_key)
+    assert authenticates(pool, new_key)
+    shown = json.loads(cli("tenant", "show", tenant_id, "--json").out)
+    assert shown["key_prefix"] == new_key[:8]
+    assert shown["previous_key_until"] is not None
+    text = cli("tenant", "show", tenant_id).out
+    assert f"key_prefix:         {new_key[:8]}\n" in text
+    listed = cli("tenant", "list").out
+    assert new_key[:8] in listed
+    assert new_key not in listed
+
+    run = cli("tenant", "revoke-previous-key", tenant_id)
+    assert (run.status, run.out) == (
+        0,
+        f"tenant {tenant_id}: the previous key no longer works\n",
+    )
+    assert not authenticates(pool, old_key)
+    assert authenticates(pool, new_key)
+    again = cli("tenant", "revoke-previous-key", tenant_id)
+    assert again.out == f"tenant {tenant_id} has no previous key\n"
+    bad = cli("tenant", "rotate-key", tenant_id, "--grace", "soon")
+    assert bad.status == 2
+    assert authenticates(pool, new_key)
 
 
 def test_reveal_key_needs_a_cipher_ring(

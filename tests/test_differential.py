@@ -83,6 +83,20 @@ USAGE_FIELDS = [
     "timestamp",
 ]
 CIPHER = KeyCipher({"k1": bytes(range(32))})
+# Lifetimes the tick rule crosses (it moves by 0, 1 us, 1 s, 1 h or 1 day), and some
+# rotations get wrong.
+GRACES = st.sampled_from(
+    [
+        *(timedelta(0), timedelta(0), timedelta(microseconds=1)),
+        *(timedelta(seconds=1), timedelta(hours=1), timedelta(hours=-1), 60),
+    ]
+)
+EXPIRIES = st.sampled_from(
+    [
+        *(None, None, timedelta(microseconds=1), timedelta(seconds=1)),
+        *(timedelta(hours=2), timedelta(0), timedelta(seconds=-1)),
+    ]
+)
 USERNAMES = ["alice", "bob", "Alice", "ü" * 255, "", "x" * 256]
 PASSWORDS = ["pw-one", "pw-two", "", "é" * 36, "é" * 37]
 ROLES = ["viewer", "editor", "admin", "root"]
@@ -145,6 +159,10 @@ def pg_urls(pg_url: str) -> Iterator[tuple[str, str, str]]:
         migrate.up(second)
         migrate.up(third)
         yield pg_url, second, third
+
+
+def _get_by_key(backend: Backend, key: str) -> Any:
+    return backend.tenants.get_by_api_key(key)
 
 
 def _create(backend: Backend, tenant: Tenant) -> Any:
@@ -296,6 +314,7 @@ class Differential(RuleBasedStateMachine):
         fallbacks=s.valid_providers,
         enabled=st.one_of(st.just(True), st.booleans()),
         pass_key=st.booleans(),
+        expires_in=EXPIRIES,
         corrupt=s.corruption(TENANT_FIELDS),
     )
     def create(
@@ -310,9 +329,11 @@ class Differential(RuleBasedStateMachine):
         fallbacks: list[str],
         enabled: bool,
         pass_key: bool,
+        expires_in: timedelta | None,
         corrupt: tuple[str, object] | None,
     ) -> None:
         fields: dict[str, Any] = {
+            "api_key_expires_at": self.expiry(expires_in),
             "id": tenant_id,
             "name": name,
             "api_key_hash": hash_api_key(key),
@@ -372,6 +393,116 @@ class Differential(RuleBasedStateMachine):
         if kind == "ok":
             self.history.append(current)
             self.known[value.id] = value
+
+    def expiry(self, expires_in: timedelta | None) -> datetime | None:
+        return None if expires_in is None else self.clock.now() + expires_in
+
+    @rule(
+        data=st.data(),
+        tenant_id=s.some_ids,
+        key=s.keys,
+        grace=GRACES,
+        expires_in=EXPIRIES,
+        repeat=st.booleans(),
+    )
+    def rotate_api_key(
+        self,
+        data: st.DataObject,
+        tenant_id: str,
+        key: str,
+        grace: Any,
+        expires_in: timedelta | None,
+        repeat: bool,
+    ) -> None:
+        if self.known:
+            pick: bool = data.draw(st.booleans())
+            if pick:
+                tenant_id = data.draw(st.sampled_from(sorted(self.known)))
+        expires_at = self.expiry(expires_in)
+
+        def rotate(b: Backend) -> Any:
+            return b.tenants.rotate_api_key(
+                tenant_id, key, grace=grace, expires_at=expires_at
+            )
+
+        before = self.known.get(tenant_id) if isinstance(tenant_id, str) else None
+        kind, value = self.agree(rotate)
+        if kind != "ok":
+            return
+        assert before is not None
+        if before.api_key_hash == hash_api_key(key):
+            assert value == before  # a retried rotation changes nothing
+        else:
+            assert value.api_key_hash == hash_api_key(key)
+            assert value.api_key_prefix == key[:8]
+            self.history.append(before)
+        self.known[value.id] = value
+        if repeat:  # the client retries: nothing more is revoked
+            assert self.agree(rotate) == ("ok", value)
+        self.agree(lambda b: b.tenants.get_by_api_key(key))
+        self.agree(lambda b: b.tenants.reveal_api_key(tenant_id))
+
+    @rule(tenant_id=s.some_ids, data=st.data())
+    def revoke_previous_api_key(self, tenant_id: str, data: st.DataObject) -> None:
+        if self.known:
+            pick: bool = data.draw(st.booleans())
+            if pick:
+                tenant_id = data.draw(st.sampled_from(sorted(self.known)))
+        kind, value = self.agree(lambda b: b.tenants.revoke_previous_api_key(tenant_id))
+        if kind == "ok":
+            assert value.previous_api_key_hash is None
+            if value != self.known[value.id]:
+                self.history.append(self.known[value.id])
+            self.known[value.id] = value
+
+    def all_keys(self) -> None:
+        for key in s.KEYS:
+            self.agree(functools.partial(_get_by_key, key=key))
+
+    @precondition(lambda self: bool(self.known))
+    @rule(
+        data=st.data(),
+        key=s.keys,
+        grace=st.sampled_from([0, 1, 2, 1_000_000]),
+        life=st.sampled_from([1, 2, 1_000_000, 3_600_000_000]),
+    )
+    def cross_expiry(
+        self, data: st.DataObject, key: str, grace: int, life: int
+    ) -> None:
+        # Warm every cache with the old and new keys, then move the clock to each
+        # instant a key ends (microseconds from now), looking every key up at it.
+        tenant_id = data.draw(st.sampled_from(sorted(self.known)))
+        start = self.clock.now()
+        kind, value = self.agree(
+            lambda b: b.tenants.rotate_api_key(
+                tenant_id,
+                key,
+                grace=timedelta(microseconds=grace),
+                expires_at=start + timedelta(microseconds=life),
+            )
+        )
+        if kind == "ok":
+            self.known[tenant_id] = value
+        self.all_keys()
+        self.all_keys()  # from the caches, where warm
+        elapsed = 0
+        for instant in sorted({grace, life} - {0}):
+            if instant > 3_600_000_000:
+                break
+            self.tick((instant - elapsed) / 1_000_000)
+            elapsed = instant
+            self.all_keys()
+
+    @precondition(lambda self: bool(self.known))
+    @rule(data=st.data())
+    def keys_of_known(self, data: st.DataObject) -> None:
+        # Every key of the pool, and the previous hash itself, as the clock moves.
+        tenant = self.known[data.draw(st.sampled_from(sorted(self.known)))]
+        for key in s.KEYS:
+            self.agree(functools.partial(_get_by_key, key=key))
+        previous = tenant.previous_api_key_hash
+        if previous is not None:
+            self.agree(lambda b: b.tenants.get_by_api_key_hash(previous))
 
     @precondition(lambda self: bool(self.history))
     @rule(data=st.data(), enabled=st.booleans())

@@ -264,9 +264,18 @@ def test_odd_rows_read_the_same_through_the_async_repository(
 
 @pytest.fixture(scope="module")
 def v1_url() -> Iterator[str]:
-    """A database at version 1 (the Go schema), where every column may be NULL."""
+    """A database at version 1 (the Go schema), where every column may be NULL,
+    plus the columns the statements of the key lifecycle (011) name (NULL too),
+    without 011's triggers."""
     with scratch_database() as url:
         migrate.up(url, 1)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "ALTER TABLE tenants ADD COLUMN api_key_expires_at timestamptz,"
+                " ADD COLUMN previous_api_key_hash varchar(64),"
+                " ADD COLUMN previous_api_key_expires_at timestamptz,"
+                " ADD COLUMN api_key_prefix varchar(8)"
+            )
         yield url
 
 

@@ -113,7 +113,11 @@ def schema(url: str) -> dict[str, list[tuple[Any, ...]]]:
     return {
         "columns": rows(
             url,
-            "SELECT table_name, column_name, ordinal_position, data_type,"
+            # The rank of a column, not its attnum: a column dropped and added
+            # back (011 down, then up) comes back last, with a higher attnum.
+            "SELECT table_name, column_name,"
+            "       rank() OVER (PARTITION BY table_name ORDER BY ordinal_position),"
+            "       data_type,"
             "       character_maximum_length, numeric_precision, numeric_scale,"
             "       is_nullable, column_default"
             " FROM information_schema.columns WHERE table_schema = current_schema()"
@@ -179,9 +183,11 @@ def test_available_lists_the_shipped_migrations_in_order() -> None:
         (8, "tenant_notify"),
         (9, "usage_daily_totals"),
         (10, "usage_daily_totals_backfill"),
+        (11, "key_lifecycle"),
         (12, "usage_totals_shards"),
         (13, "audit_log"),
         (14, "budget_leases"),
+        (15, "key_lifecycle_index"),
     ]
     assert all(m.up.strip() and m.down.strip() for m in migrate.available())
     # The files that build indexes concurrently or commit between batches run
@@ -202,6 +208,8 @@ def test_available_lists_the_shipped_migrations_in_order() -> None:
         "007_usage_request_index_drop.up.sql",
         "007_usage_request_index_drop.down.sql",
         "010_usage_daily_totals_backfill.up.sql",
+        "015_key_lifecycle_index.up.sql",
+        "015_key_lifecycle_index.down.sql",
     }
 
 
@@ -516,6 +524,11 @@ def test_upgrade_of_a_database_the_go_service_wrote(fresh_db: str) -> None:
     assert nullable == {
         ("tenants", "api_key_encrypted"),
         ("tenants", "default_provider"),
+        # The key lifecycle (011): NULL is "no expiry", "no previous key".
+        ("tenants", "api_key_expires_at"),
+        ("tenants", "previous_api_key_hash"),
+        ("tenants", "previous_api_key_expires_at"),
+        ("tenants", "api_key_prefix"),
     }
     cost_type = [c[1] for c in columns(fresh_db, "usage_records") if c[0] == "cost_usd"]
     # Widened without a rewrite; 10 places and the range of numeric(20,10) are kept
@@ -718,11 +731,13 @@ def test_every_committed_change_to_tenants_is_notified(fresh_db: str) -> None:
         writer.execute("TRUNCATE tenants CASCADE")
         received = list(listener.notifies(timeout=30, stop_after=5))
     assert {n.channel for n in received} == {"tenantstore_tenants"}
+    # Since 011 every row change names the previous keys too (none here).
+    none = {"old_previous": None, "new_previous": None}
     assert [json.loads(n.payload) for n in received] == [
-        {"op": "INSERT", "id": T1, "old": None, "new": a},
-        {"op": "UPDATE", "id": T1, "old": a, "new": b},
-        {"op": "DELETE", "id": T1, "old": b, "new": None},
-        {"op": "INSERT", "id": T2, "old": None, "new": c},
+        {"op": "INSERT", "id": T1, "old": None, "new": a, **none},
+        {"op": "UPDATE", "id": T1, "old": a, "new": b, **none},
+        {"op": "DELETE", "id": T1, "old": b, "new": None, **none},
+        {"op": "INSERT", "id": T2, "old": None, "new": c, **none},
         {"op": "TRUNCATE"},
     ]
 

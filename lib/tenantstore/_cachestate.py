@@ -1,16 +1,15 @@
 """The caching lookup layer's bookkeeping, without I/O, shared by both twins.
 
-`CacheState` holds the positive entries (key hash -> `(tenant, fresh_until)`, a plain
-dict the hit path reads without a lock), the negative entries, the fills in flight,
-the id -> hash index that lets a write by id find the entry to drop, and the
-counters behind `CacheStats`. Every change happens under one `threading.Lock`, held
-for dict operations only and never across I/O, so a sync listener thread and an async
-cache (or the reverse) can share a state. How a fill waits and runs (threads or
-tasks) is the twins' business: here a fill is a record with a `flight` attached.
-What a listener's reconnect revalidates is a `Revalidation` (a snapshot taken here,
-the query run by the listener). `parse_notification` reads the trigger's payload
-(migrations/008) for the listeners. A forked child resets every live state (see
-`_after_fork`): it has none of its parent's threads, listeners or locks.
+`CacheState` holds the positive entries (key hash -> `Entry`, a plain dict the hit
+path reads without a lock), the negative entries, the fills in flight, the id ->
+hashes index (two while a key is in grace) and the counters behind `CacheStats`.
+One mechanism keeps fills honest: an epoch that every invalidation moves on; a fill
+stores what it read, and is joined, only while the epoch it began in lasts. All
+under one `threading.Lock`, never held across I/O, so a sync listener thread and an
+async cache can share a state; how a fill runs (`flight`) is the twins' business.
+`Revalidation` is a reconnecting listener's snapshot, `parse_notification` reads
+the trigger's payload (migrations 008, 011), and a forked child resets every live
+state (`_after_fork`): it has none of its parent's threads, listeners or locks.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final, Generic, TypeVar
 
 from cachetools import TTLCache
@@ -40,11 +40,30 @@ __all__ = [
 
 F = TypeVar("F")
 
-# (tenant, fresh_until): immutable and replaced whole, so a reader without the lock
-# sees an old pair or a new one, never a mix.
-Entry = tuple[Tenant, float]
+# (tenant, fresh_until, expires, epoch), replaced whole: a reader without the lock
+# sees an old entry or a new one. `expires`: the monotonic instant the key ends (inf:
+# never), mapped from its wall-clock expiry at fill time; `fresh_until` never passes
+# it, so the hit path's one compare ends the key too. `epoch`: its fill's.
+Entry = tuple[Tenant, float, float, int]
 
-_NO_IDS: Final[frozenset[str]] = frozenset()
+_NEVER: Final = float("inf")
+# Taken off a mapped expiry: float sums of the monotonic clock may round an ulp
+# late, and ending an entry early costs one lookup of the store, never a wrong answer.
+_MARGIN: Final = 1e-6
+
+
+def key_expiry(tenant: Tenant, key: str) -> datetime | bool | None:
+    """When `key` stops authenticating `tenant`, as the stores decide: None for
+    never, False when it is neither its current nor its previous key."""
+    previous = tenant.previous_api_key_expires_at
+    if tenant.previous_api_key_hash != key:
+        previous = None
+    if tenant.api_key_hash != key:
+        return False if previous is None else previous
+    current = tenant.api_key_expires_at
+    if current is None:
+        return None
+    return current if previous is None else max(current, previous)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,11 +76,10 @@ class CacheStats:
     `misses` (asked the inner store, or joined a caller already asking). `fills`
     counts inner lookups, so `misses - fills` callers were spared one by single
     flight. `invalidations` counts `invalidate()`, `expire_all()` and `clear()` calls
-    (writes through the cache, notifications, listener drops);
-    `stale_serves` the
-    answers given from an expired entry while the store was unavailable;
-    `evictions` the entries dropped to make room (`maxsize` too small, or a flood
-    of unknown keys filling the negative cache). `size`, `negative_size` and
+    (writes through the cache, notifications, listener drops); `stale_serves` the
+    answers given from an expired entry while the store was unavailable; `evictions`
+    the entries dropped to make room (`maxsize` too small, or a flood of unknown
+    keys filling the negative cache). `size`, `negative_size` and
     `in_flight` are current. Counters updated without the lock (the hit path) may
     miss an increment when threads race: they are monitoring figures, not ledgers.
     """
@@ -84,21 +102,22 @@ class CacheStats:
 class Fill(Generic[F]):
     """One inner lookup of `key`, shared by every caller that missed meanwhile.
 
-    `dead` means an invalidation overtook it: its outcome goes to the callers
-    already waiting (they started before the write) but is never stored. `ids`
-    collects tenant ids invalidated while it was in flight: an id alone cannot say
-    which key it matches until the result shows the tenant.
+    Begun in `epoch`: once an invalidation moved the epoch on, its outcome goes to
+    the callers already waiting but is never stored, and nobody joins it any more.
     """
 
-    __slots__ = ("dead", "flight", "ids", "key", "started")
+    __slots__ = ("epoch", "flight", "key", "started")
 
     def __init__(
-        self, key: str, started: float, new_flight: Callable[[Fill[F]], F]
+        self,
+        key: str,
+        started: float,
+        epoch: int,
+        new_flight: Callable[[Fill[F]], F],
     ) -> None:
         self.key = key
         self.started = started
-        self.dead = False
-        self.ids: set[str] | None = None
+        self.epoch = epoch
         self.flight = new_flight(self)
 
 
@@ -110,10 +129,12 @@ class Revalidation:
     snapshot was taken: an entry replaced or dropped since (a notification, a fill)
     is no longer that object, and is left alone. `started` is when the snapshot was
     taken, before the query: confirmed entries are fresh for `ttl` from then.
+    Fills begun in `epoch` (the state's, just moved on) read the store after LISTEN.
     """
 
     entries: Mapping[str, Entry]
     started: float
+    epoch: int
 
 
 class _Book(TTLCache[str, object, float]):
@@ -160,7 +181,8 @@ class CacheState(Generic[F]):
     """Entries, negative entries, fills in flight, the id index and the counters.
 
     `F` is the twin's flight type. `now` is the monotonic clock every time here is
-    measured on (the one the hit path compares `fresh_until` with).
+    measured on (the one the hit path compares `fresh_until` with), `wall` the
+    clock key expiries are read against.
     """
 
     def __init__(
@@ -172,8 +194,10 @@ class CacheState(Generic[F]):
         negative_maxsize: int,
         stale_if_error: float,
         now: Callable[[], float],
+        wall: Callable[[], datetime],
     ) -> None:
         self.now = now
+        self.wall = wall
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.stale_if_error = stale_if_error
@@ -181,18 +205,17 @@ class CacheState(Generic[F]):
         # Read without the lock by the hit path: never rebound, only mutated.
         self.entries: dict[str, Entry] = {}
         self.negatives: dict[str, float] = {}
-        self._ids: dict[str, str] = {}
+        # Tenant id -> the key hashes it is cached under (two while in grace).
+        self._ids: dict[str, set[str]] = {}
         self._in_flight: dict[str, Fill[F]] = {}
-        self._live: set[Fill[F]] = set()
+        # Fills not yet finished, overtaken or not (for `stats`).
+        self._flying: set[Fill[F]] = set()
+        # Moved on by every invalidation; see the module docstring.
+        self._epoch = 0
         # Listeners attached (started, not closed) and how many of them are not
         # listening: while any is not, nothing is stored or kept fresh.
         self._listeners = 0
         self._suspended = 0
-        # While a revalidation runs: when its snapshot was taken, and the entries
-        # that fills begun after it stored (expired, as the state is suspended).
-        # They read the store after LISTEN, so `resume` may make them fresh.
-        self._snapshot_at: float | None = None
-        self._meanwhile: dict[str, Entry] = {}
         # An entry stays booked past its freshness for as long as it may be
         # served stale. Books are replaced, never cleared: clearing a cachetools
         # cache item by item (as some versions do) would count evictions.
@@ -237,11 +260,11 @@ class CacheState(Generic[F]):
                 return entry[0]
             self.misses += 1
             fill = self._in_flight.get(key)
-            if fill is not None:
+            if fill is not None and fill.epoch == self._epoch:
                 return fill, False
-            fill = Fill(key, now, new_flight)
+            fill = Fill(key, now, self._epoch, new_flight)
             self._in_flight[key] = fill
-            self._live.add(fill)
+            self._flying.add(fill)
             self.fills += 1
             return fill, True
 
@@ -250,28 +273,28 @@ class CacheState(Generic[F]):
         with self.lock:
             self._retire(fill)
             key = fill.key
-            if (
-                fill.dead
-                or tenant.id in (fill.ids or _NO_IDS)
-                or not tenant.enabled
-                or tenant.api_key_hash != key
-            ):
+            expiry = key_expiry(tenant, key)
+            if fill.epoch != self._epoch or not tenant.enabled or expiry is False:
                 return
+            now = self.now()
+            expires = _NEVER
+            if isinstance(expiry, datetime):
+                expires = now + (expiry - self.wall()).total_seconds() - _MARGIN
+                if expires <= now:
+                    return
             self._drop_negative(key)
-            # One entry per tenant: the fill read this tenant under `key`, so an
-            # entry under another hash predates a key rotation.
-            previous = self._ids.get(tenant.id)
-            if previous is not None and previous != key:
-                self._drop(previous)
-            # TTLs run from the fill's start, before the store was read: never
-            # longer than promised. While a listener is down, store it expired:
-            # usable only by stale_if_error, never as a hit.
+            # An entry of this tenant under a hash that is no longer one of its
+            # keys predates a rotation.
+            live = {key, tenant.api_key_hash, tenant.previous_api_key_hash}
+            for other in self._ids.get(tenant.id, set()) - live:
+                self._drop(other)
+            # TTLs run from the fill's start (never longer than promised). While a
+            # listener is down, store it expired: for stale_if_error only.
             fresh_until = fill.started if self._suspended else fill.started + self.ttl
             self._book[key] = tenant  # may expire or evict others: before the dict
-            self.entries[key] = entry = (tenant, fresh_until)
-            self._ids[tenant.id] = key
-            if self._snapshot_at is not None and fill.started >= self._snapshot_at:
-                self._meanwhile[key] = entry
+            entry = (tenant, min(fresh_until, expires), expires, fill.epoch)
+            self.entries[key] = entry
+            self._ids.setdefault(tenant.id, set()).add(key)
 
     def finish_missing(self, fill: Fill[F]) -> None:
         """Record that `fill.key` belongs to no enabled tenant."""
@@ -280,7 +303,9 @@ class CacheState(Generic[F]):
             key = fill.key
             # The store just said no: an expired entry must not be served stale.
             self._drop(key)
-            if fill.dead or self._suspended or not self._negative_enabled:
+            if fill.epoch != self._epoch or self._suspended:
+                return
+            if not self._negative_enabled:
                 return
             fresh_until = fill.started + self.negative_ttl
             self._negative_book[key] = fresh_until
@@ -289,23 +314,23 @@ class CacheState(Generic[F]):
     def abandon(self, fill: Fill[F]) -> None:
         """Forget `fill` (it failed or was cancelled): nothing is stored."""
         with self.lock:
-            fill.dead = True
             self._retire(fill)
 
     def stale(self, key: str) -> Tenant | None:
         """The tenant of `key`'s entry if it may still be served stale, else None.
 
         Invalidated entries are removed, so only expired ones qualify, for at most
-        `stale_if_error` seconds after they expired. Counts the serve.
+        `stale_if_error` seconds after they expired, never past their key's
+        expiry. Counts the serve.
         """
         entry = self.entries.get(key)
         if entry is None:
             return None
-        tenant, fresh_until = entry
+        tenant, fresh_until, expires, _ = entry
         now = self.now()
         if fresh_until > now:  # stored by a fill that succeeded meanwhile
             return tenant
-        if now >= fresh_until + self.stale_if_error:
+        if now >= fresh_until + self.stale_if_error or now >= expires:
             return None
         self.stale_serves += 1
         return tenant
@@ -313,47 +338,28 @@ class CacheState(Generic[F]):
     # -- invalidation ----------------------------------------------------------
 
     def invalidate(self, tenant_id: str | None, hashes: Iterable[str]) -> None:
-        """Drop what could hold an older state of `tenant_id` or of `hashes`.
-
-        Removes their entries (never to be served stale) and negative entries, and
-        detaches every fill that could return such a state, so that a caller
-        arriving after this starts a new fill instead of joining one that read the
-        store before the write.
-        """
+        """Drop what could hold an older state of `tenant_id` or of `hashes`: their
+        entries (never served stale) and negative entries; and move the epoch on,
+        so no fill in flight stores what it read (which one returns this tenant is
+        unknown until it returns) and later callers start fills of their own."""
         with self.lock:
             self.invalidations += 1
+            self._epoch += 1
             if tenant_id is not None:
-                cached = self._ids.get(tenant_id)
-                if cached is not None:
+                for cached in list(self._ids.get(tenant_id, ())):
                     self._drop(cached)
-                # Which fill will return this tenant is unknown until it returns:
-                # mark them all and detach them all.
-                for fill in self._live:
-                    if fill.ids is None:
-                        fill.ids = set()
-                    fill.ids.add(tenant_id)
-                self._in_flight.clear()
-            keys = set(hashes)
-            for key in keys:
+            for key in hashes:
                 self._drop(key)
                 self._drop_negative(key)
-                self._in_flight.pop(key, None)
-            if keys:
-                for fill in self._live:
-                    if fill.key in keys:
-                        fill.dead = True
 
     def expire_all(self) -> None:
-        """Make every entry expired (kept for stale_if_error) and every fill dead."""
+        """Make every entry expired (kept for stale_if_error), every fill overtaken."""
         with self.lock:
             self._expire_all()
 
     def attach(self) -> None:
-        """A listener starts: `suspend` until it listens (and `resume`s).
-
-        In a forked child this is the cache's own listener at last: the suspension
-        inherited from the fork ends, this listener's begins.
-        """
+        """A listener starts: `suspend` until it listens (and `resume`s). In a
+        forked child, the fork's suspension ends and this listener's begins."""
         with self.lock:
             if self._listeners == 0:
                 self._suspended = 0  # a fork's, or nothing
@@ -373,8 +379,6 @@ class CacheState(Generic[F]):
         and store nothing fresh until `resume`, since changes now go unnoticed."""
         with self.lock:
             self._suspended += 1
-            self._snapshot_at = None
-            self._meanwhile.clear()
             self._expire_all()
 
     def revalidation(self) -> Revalidation:
@@ -382,13 +386,12 @@ class CacheState(Generic[F]):
 
         Taken after LISTEN is in effect: a change committed from then on is
         notified, one committed before shows in the query that follows. Fills in
-        flight now may have read the store before LISTEN, so they store nothing.
+        flight now may have read the store before LISTEN: the epoch moves on, so
+        they store nothing.
         """
         with self.lock:
-            self._kill_fills()
-            self._snapshot_at = now = self.now()
-            self._meanwhile.clear()
-            return Revalidation(dict(self.entries), now)
+            self._epoch += 1
+            return Revalidation(dict(self.entries), self.now(), self._epoch)
 
     def resume(
         self,
@@ -400,20 +403,17 @@ class CacheState(Generic[F]):
         With a `revalidation` and the `rows` its query found (key hash -> tenant,
         enabled or not): an entry still exactly as snapshotted is fresh again for
         `ttl` from the snapshot if its tenant is unchanged and enabled, and dropped
-        (never served stale) otherwise; an entry replaced or dropped since the
-        snapshot is left as it is, unless a fill begun after the snapshot stored it
-        (that fill read the store after LISTEN): then it is fresh for `ttl` from
-        that fill's start. Without a revalidation, entries stay expired.
+        (never served stale) otherwise; an entry replaced or dropped since is left
+        as it is, unless a fill of the snapshot's epoch stored it (it read the store
+        after LISTEN): then it is fresh for `ttl` from that fill's start. Never past
+        a key's expiry. Without a revalidation, entries stay expired.
         """
         with self.lock:
             self._suspended = max(0, self._suspended - 1)
-            meanwhile, self._meanwhile = self._meanwhile, {}
-            self._snapshot_at = None
             if revalidation is None:
                 return 0
             rows = rows or {}
-            # Another listener of this cache still down: confirmed entries stay
-            # expired (nothing may be fresh), changed ones go all the same.
+            # Another listener still down: confirmed entries stay expired.
             fresh = revalidation.started + self.ttl if not self._suspended else None
             dropped = 0
             entries = self.entries
@@ -428,18 +428,19 @@ class CacheState(Generic[F]):
                 elif fresh is not None:
                     self._book[key] = tenant  # may expire or evict: before the dict
                     if key in entries:
-                        entries[key] = (tenant, fresh)
+                        entries[key] = (tenant, min(fresh, entry[2]), *entry[2:])
             if fresh is not None:
-                for key, entry in meanwhile.items():
-                    if entries.get(key) is entry:
-                        entries[key] = (entry[0], entry[1] + self.ttl)
+                for key, entry in list(entries.items()):
+                    if entry[3] == revalidation.epoch:
+                        ttl_end = min(entry[1] + self.ttl, entry[2])
+                        entries[key] = (entry[0], ttl_end, *entry[2:])
             return dropped
 
     def clear(self) -> None:
         """Drop every entry and negative entry; fills in flight store nothing."""
         with self.lock:
             self.invalidations += 1
-            self._kill_fills()
+            self._epoch += 1
             self.entries.clear()
             self.negatives.clear()
             self._ids.clear()
@@ -459,7 +460,7 @@ class CacheState(Generic[F]):
                 evictions=self.evictions,
                 size=len(self.entries),
                 negative_size=len(self.negatives),
-                in_flight=len(self._live),
+                in_flight=len(self._flying),
             )
 
     # -- under the lock --------------------------------------------------------
@@ -472,7 +473,8 @@ class CacheState(Generic[F]):
         # kept fresh stays suspended until it has a listener of its own (`attach`).
         self.lock = threading.Lock()
         self._in_flight.clear()
-        self._live.clear()
+        self._flying.clear()
+        self._epoch += 1
         self.entries.clear()
         self.negatives.clear()
         self._ids.clear()
@@ -480,28 +482,20 @@ class CacheState(Generic[F]):
         self._negative_book = self._new_negative_book()
         self._suspended = 1 if self._listeners else 0
         self._listeners = 0
-        self._snapshot_at = None
-        self._meanwhile.clear()
 
     def _expire_all(self) -> None:
         self.invalidations += 1
-        self._kill_fills()
-        self._meanwhile.clear()
+        self._epoch += 1
         now = self.now()
         entries = self.entries
-        for key, (tenant, fresh_until) in list(entries.items()):
-            if fresh_until > now:
-                entries[key] = (tenant, now)
+        for key, entry in list(entries.items()):
+            if entry[1] > now:
+                entries[key] = (entry[0], now, *entry[2:])
         self.negatives.clear()
         self._negative_book = self._new_negative_book()
 
-    def _kill_fills(self) -> None:
-        for fill in self._live:
-            fill.dead = True
-        self._in_flight.clear()
-
     def _retire(self, fill: Fill[F]) -> None:
-        self._live.discard(fill)
+        self._flying.discard(fill)
         if self._in_flight.get(fill.key) is fill:
             del self._in_flight[fill.key]
 
@@ -509,9 +503,13 @@ class CacheState(Generic[F]):
         entry = self.entries.pop(key, None)
         if entry is not None:
             self._book.forget(key)
-            tenant_id = entry[0].id
-            if self._ids.get(tenant_id) == key:
-                del self._ids[tenant_id]
+            self._unindex(entry[0].id, key)
+
+    def _unindex(self, tenant_id: str, key: str) -> None:
+        cached = self._ids.get(tenant_id, set())
+        cached.discard(key)
+        if not cached:
+            self._ids.pop(tenant_id, None)
 
     def _drop_negative(self, key: str) -> None:
         if self.negatives.pop(key, None) is not None:
@@ -522,9 +520,7 @@ class CacheState(Generic[F]):
         entry = self.entries.get(key)
         if entry is not None and entry[0] is tenant:
             del self.entries[key]
-            tenant_id = entry[0].id
-            if self._ids.get(tenant_id) == key:
-                del self._ids[tenant_id]
+            self._unindex(entry[0].id, key)
 
     def _negative_dropped(self, key: str, fresh_until: object) -> None:
         if self.negatives.get(key) is fresh_until:
@@ -556,7 +552,10 @@ def parse_notification(payload: str) -> tuple[str | None, tuple[str, ...]] | Non
     if change.get("op") not in _ROW_OPS:
         return None
     tenant_id = change.get("id")
-    values = (change.get("old"), change.get("new"))
+    # The previous keys' hashes since migration 011 (a rotation names three).
+    values = tuple(
+        change.get(name) for name in ("old", "new", "old_previous", "new_previous")
+    )
     if not is_canonical_id(tenant_id) or not all(
         value is None or isinstance(value, str) for value in values
     ):

@@ -53,6 +53,13 @@ def tenant_from_row(row: tuple[Any, ...]) -> Tenant:
         # not yet stored has. Caught rather than tested for: free when absent.
         s[9](tenant, None if row[9] is None else utc(row[9]))
         s[10](tenant, None if row[10] is None else utc(row[10]))
+    # The key lifecycle (migration 011): None unless set, so tested, not caught.
+    expires = row[11]
+    s[11](tenant, expires if expires is None else utc(expires))
+    s[12](tenant, row[12])
+    expires = row[13]
+    s[13](tenant, expires if expires is None else utc(expires))
+    s[14](tenant, row[14])
     return tenant
 
 
@@ -62,6 +69,7 @@ def tenant_params(
     now: datetime,
     api_key_encrypted: bytes | None,
     expected: datetime | None = None,
+    api_key_prefix: str | None = None,
 ) -> dict[str, Any]:
     """Parameters of INSERT_TENANT / UPDATE_TENANT_* for a validated tenant."""
     return {
@@ -77,6 +85,10 @@ def tenant_params(
         "enabled": tenant.enabled,
         "created_at": now,
         "updated_at": now,
+        "api_key_expires_at": tenant.api_key_expires_at,
+        "previous_api_key_hash": None,
+        "previous_api_key_expires_at": None,
+        "api_key_prefix": api_key_prefix,
         "now": now,
         "api_key_encrypted": api_key_encrypted,
         "expected": expected,

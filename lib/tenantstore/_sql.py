@@ -75,6 +75,10 @@ TENANT_COLUMNS: Final = (
     "enabled",
     "created_at",
     "updated_at",
+    "api_key_expires_at",
+    "previous_api_key_hash",
+    "previous_api_key_expires_at",
+    "api_key_prefix",
 )
 
 
@@ -116,18 +120,40 @@ def tenant_select(table: Any) -> list[Any]:
         _fn.Coalesce(table.enabled, False),
         table.created_at,
         table.updated_at,
+        table.api_key_expires_at,
+        table.previous_api_key_hash,
+        table.previous_api_key_expires_at,
+        table.api_key_prefix,
     ]
 
 
 _tenant_select: Final = tenant_select(tenants)
 assert len(_tenant_select) == len(TENANT_COLUMNS)
 
-SELECT_ENABLED_BY_HASH: Final[str] = (
+# A key lookup at the caller's instant %(now)s (migration 011): the current key
+# while it has not expired, else a previous key in grace. UNION ALL under LIMIT 1
+# stops at the first branch that finds a row, so a current key costs one probe of
+# the api_key_hash index, as before; only a key that is not current (in grace, or
+# nobody's) goes on to the second branch: one probe of the partial index of previous
+# keys (migration 015), which holds only the tenants in a grace period.
+_current_key = (
     Query.from_(tenants)
     .select(*_tenant_select)
     .where(tenants.api_key_hash == _p("hash"))
     .where(tenants.enabled == True)  # noqa: E712  (PyPika builds SQL from ==)
-    .get_sql()
+    .where(
+        tenants.api_key_expires_at.isnull() | (tenants.api_key_expires_at > _p("now"))
+    )
+)
+_previous_key = (
+    Query.from_(tenants)
+    .select(*_tenant_select)
+    .where(tenants.previous_api_key_hash == _p("hash"))
+    .where(tenants.enabled == True)  # noqa: E712
+    .where(tenants.previous_api_key_expires_at > _p("now"))
+)
+SELECT_ENABLED_BY_HASH: Final[str] = str(
+    _current_key.union_all(_previous_key).limit(1).get_sql()
 )
 
 SELECT_BY_ID: Final[str] = (
@@ -154,7 +180,7 @@ INSERT_TENANT: Final[str] = (
 _MUTABLE = TENANT_COLUMNS[1:9]  # name .. enabled
 
 
-def _update(encrypted: Any, *, versioned: bool) -> str:
+def _update(encrypted: Any, prefix: Any, *, versioned: bool) -> str:
     query = Query.update(tenants)
     for column in _MUTABLE:
         query = query.set(tenants.field(column), _p(column))
@@ -164,6 +190,8 @@ def _update(encrypted: Any, *, versioned: bool) -> str:
             _greatest(_p("now"), tenants.updated_at + Interval(microseconds=1)),
         )
         .set(tenants.api_key_encrypted, encrypted)
+        .set(tenants.api_key_expires_at, _p("api_key_expires_at"))
+        .set(tenants.api_key_prefix, prefix)
         .where(tenants.id == _p("id"))
         .where(AUDIT_CONTEXT)
     )
@@ -176,14 +204,23 @@ def _update(encrypted: Any, *, versioned: bool) -> str:
 # the value the caller read (optimistic concurrency, see `update`).
 # With the plaintext key: store its new encryption (or NULL without a cipher).
 _SET_KEY = _p("api_key_encrypted")
-UPDATE_TENANT_SET_KEY: Final[str] = _update(_SET_KEY, versioned=False)
-UPDATE_TENANT_SET_KEY_VERSIONED: Final[str] = _update(_SET_KEY, versioned=True)
-# Without it: keep the stored encryption while the key is unchanged, else drop it.
+_SET_PREFIX = _p("api_key_prefix")
+UPDATE_TENANT_SET_KEY: Final[str] = _update(_SET_KEY, _SET_PREFIX, versioned=False)
+UPDATE_TENANT_SET_KEY_VERSIONED: Final[str] = _update(
+    _SET_KEY, _SET_PREFIX, versioned=True
+)
+# Without it: keep the stored encryption (and prefix) while the key is unchanged,
+# else drop them.
 _KEEP_KEY = Case().when(
     tenants.api_key_hash == _p("same_hash"), tenants.api_key_encrypted
 )
-UPDATE_TENANT_KEEP_KEY: Final[str] = _update(_KEEP_KEY, versioned=False)
-UPDATE_TENANT_KEEP_KEY_VERSIONED: Final[str] = _update(_KEEP_KEY, versioned=True)
+_KEEP_PREFIX = Case().when(
+    tenants.api_key_hash == _p("same_hash"), tenants.api_key_prefix
+)
+UPDATE_TENANT_KEEP_KEY: Final[str] = _update(_KEEP_KEY, _KEEP_PREFIX, versioned=False)
+UPDATE_TENANT_KEEP_KEY_VERSIONED: Final[str] = _update(
+    _KEEP_KEY, _KEEP_PREFIX, versioned=True
+)
 # (SET key?, versioned?) -> statement
 UPDATE_TENANT: Final[dict[tuple[bool, bool], str]] = {
     (True, False): UPDATE_TENANT_SET_KEY,
@@ -218,6 +255,54 @@ SET_ENABLED: Final[str] = (
         _greatest(_p("now"), tenants.updated_at + Interval(microseconds=1)),
     )
     .where(tenants.id == _p("id"))
+    .where(AUDIT_CONTEXT)
+    .returning(*_tenant_select)
+    .get_sql()
+)
+
+_least = CustomFunction("LEAST", ["a", "b"])
+_moved_updated_at = _greatest(_p("now"), tenants.updated_at + Interval(microseconds=1))
+# The old key stays, as the previous one, while it would still authenticate at
+# %(now)s and the grace %(grace_until)s is later than now; never past its own
+# expiry (LEAST ignores a NULL). Right-hand sides read the row before the update.
+_keeps_old = (_p("grace_until") > _p("now")) & (
+    tenants.api_key_expires_at.isnull() | (tenants.api_key_expires_at > _p("now"))
+)
+
+# A rotation to %(hash)s; no row when the tenant is unknown or already has this key
+# (a retried rotation changes nothing: the caller then reads the tenant as it is).
+ROTATE_API_KEY: Final[str] = (
+    Query.update(tenants)
+    .set(tenants.api_key_hash, _p("hash"))
+    .set(
+        tenants.previous_api_key_hash,
+        Case().when(_keeps_old, tenants.api_key_hash).else_(NullValue()),
+    )
+    .set(
+        tenants.previous_api_key_expires_at,
+        Case()
+        .when(_keeps_old, _least(_p("grace_until"), tenants.api_key_expires_at))
+        .else_(NullValue()),
+    )
+    .set(tenants.api_key_expires_at, _p("expires_at"))
+    .set(tenants.api_key_prefix, _p("prefix"))
+    .set(tenants.api_key_encrypted, _p("api_key_encrypted"))
+    .set(tenants.updated_at, _moved_updated_at)
+    .where(tenants.id == _p("id"))
+    .where(tenants.api_key_hash != _p("hash"))
+    .where(AUDIT_CONTEXT)
+    .returning(*_tenant_select)
+    .get_sql()
+)
+
+# The grace period ends: no row when the tenant is unknown or has no previous key.
+REVOKE_PREVIOUS_API_KEY: Final[str] = (
+    Query.update(tenants)
+    .set(tenants.previous_api_key_hash, NullValue())
+    .set(tenants.previous_api_key_expires_at, NullValue())
+    .set(tenants.updated_at, _moved_updated_at)
+    .where(tenants.id == _p("id"))
+    .where(tenants.previous_api_key_hash.notnull())
     .where(AUDIT_CONTEXT)
     .returning(*_tenant_select)
     .get_sql()
@@ -290,10 +375,14 @@ _any = CustomFunction("ANY", ["array"])
 
 # Revalidation after a reconnect: the full rows of every cached key hash, enabled or
 # not, in one statement (the listener keeps what is unchanged and drops the rest).
+# A hash may be a previous key (migration 011), found by 015's partial index.
 SELECT_BY_HASHES: Final[str] = (
     Query.from_(tenants)
     .select(*_tenant_select)
-    .where(tenants.api_key_hash == _any(_p("hashes")))
+    .where(
+        (tenants.api_key_hash == _any(_p("hashes")))
+        | (tenants.previous_api_key_hash == _any(_p("hashes")))
+    )
     .get_sql()
 )
 

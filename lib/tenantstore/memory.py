@@ -20,7 +20,7 @@ from typing import Any
 
 from ._rows import utc
 from .audit import AuditEvent, AuditLog, actor_name, audit_query, current_actor
-from .cipher import KeyCipher, encrypted_key_for_write
+from .cipher import KeyCipher, encrypted_key_for_write, rotated_key_for_write
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import (
     MODIFIED,
@@ -38,9 +38,13 @@ from .validation import (
     admin_user_for_write,
     boolean,
     expected_version,
+    grace_period,
+    grace_until,
     is_canonical_id,
     is_key_hash,
     is_username,
+    key_prefix,
+    optional_datetime,
     tenant_for_write,
     usage_batch_for_write,
     usage_for_write,
@@ -109,6 +113,43 @@ def _exact_sum(amounts: Iterable[Decimal]) -> Decimal:
 
 def _not_found() -> TenantNotFound:
     return TenantNotFound("no such tenant")
+
+
+def _conflict() -> Conflict:
+    return Conflict("a tenant with this id or api_key_hash already exists")
+
+
+def _live_hashes(tenant: Tenant) -> set[str]:
+    """The hashes a tenant holds in `by_hash`: current, and previous while set
+    (expired or not, as PostgreSQL's tenant_key_hashes holds them)."""
+    hashes = {tenant.api_key_hash}
+    if tenant.previous_api_key_hash is not None:
+        hashes.add(tenant.previous_api_key_hash)
+    return hashes
+
+
+def _reindex(state: _State, old: Tenant | None, new: Tenant | None) -> None:
+    before = set() if old is None else _live_hashes(old)
+    after = set() if new is None else _live_hashes(new)
+    for key_hash in before - after:
+        del state.by_hash[key_hash]
+    if new is not None:
+        for key_hash in after - before:
+            state.by_hash[key_hash] = new.id
+
+
+def rotation_times(
+    old: Tenant, now: datetime, grace_until: datetime
+) -> tuple[str | None, datetime | None]:
+    """The previous key and its end after a rotation of `old` at `now` (as
+    PostgreSQL's ROTATE_API_KEY computes them): the old key, while it would
+    still authenticate, until the grace ends or it expires, whichever is first."""
+    expires = old.api_key_expires_at
+    if grace_until <= now or (expires is not None and expires <= now):
+        return None, None
+    return old.api_key_hash, grace_until if expires is None else min(
+        grace_until, expires
+    )
 
 
 def _tenant_row(state: _State, tenant: Tenant | None) -> dict[str, Any] | None:
@@ -203,9 +244,17 @@ class InMemoryTenantRepository:
         tenant_id = state.by_hash.get(api_key_hash)
         tenant = None if tenant_id is None else state.tenants.get(tenant_id)
         # Read without the lock: re-check that the pair we read still belongs together.
-        if tenant is None or not tenant.enabled or tenant.api_key_hash != api_key_hash:
+        if tenant is None or not tenant.enabled:
             raise _not_found()
-        return tenant
+        if tenant.api_key_hash == api_key_hash:
+            expires = tenant.api_key_expires_at
+            if expires is None or utc(self._clock.now()) < expires:
+                return tenant
+        if tenant.previous_api_key_hash == api_key_hash:
+            expires = tenant.previous_api_key_expires_at
+            if expires is not None and utc(self._clock.now()) < expires:
+                return tenant
+        raise _not_found()
 
     def get_by_id(self, tenant_id: str) -> Tenant:
         tenant = (
@@ -230,9 +279,14 @@ class InMemoryTenantRepository:
         state = self._state
         with state.lock:
             if tenant.id in state.tenants or tenant.api_key_hash in state.by_hash:
-                raise Conflict("a tenant with this id or api_key_hash already exists")
+                raise _conflict()
             now = utc(self._clock.now())
-            stored = dataclasses.replace(tenant, created_at=now, updated_at=now)
+            stored = dataclasses.replace(
+                tenant,
+                created_at=now,
+                updated_at=now,
+                api_key_prefix=None if api_key is None else key_prefix(api_key),
+            )
             state.tenants[stored.id] = stored
             state.by_hash[stored.api_key_hash] = stored.id
             if encrypted is not None:
@@ -255,18 +309,26 @@ class InMemoryTenantRepository:
                 raise StaleVersion(MODIFIED)
             owner = state.by_hash.get(tenant.api_key_hash)
             if owner is not None and owner != tenant.id:
-                raise Conflict("a tenant with this id or api_key_hash already exists")
+                raise _conflict()
             assert old.updated_at is not None
             before = _tenant_row(state, old)
             now = utc(self._clock.now())
+            if api_key is not None:
+                prefix = key_prefix(api_key)
+            elif old.api_key_hash == tenant.api_key_hash:
+                prefix = old.api_key_prefix
+            else:
+                prefix = None
+            # The previous key is rotation's: an update keeps it as it is.
             stored = dataclasses.replace(
                 tenant,
                 created_at=old.created_at,
                 updated_at=max(now, old.updated_at + _MICROSECOND),
+                previous_api_key_hash=old.previous_api_key_hash,
+                previous_api_key_expires_at=old.previous_api_key_expires_at,
+                api_key_prefix=prefix,
             )
-            if old.api_key_hash != stored.api_key_hash:
-                del state.by_hash[old.api_key_hash]
-                state.by_hash[stored.api_key_hash] = stored.id
+            _reindex(state, old, stored)
             state.tenants[stored.id] = stored
             if api_key is not None or old.api_key_hash != stored.api_key_hash:
                 # A new key replaces the stored encryption; a new hash without the
@@ -304,6 +366,83 @@ class InMemoryTenantRepository:
             )
             return stored
 
+    def rotate_api_key(
+        self,
+        tenant_id: str,
+        api_key: str,
+        *,
+        grace: timedelta = timedelta(0),
+        expires_at: datetime | None = None,
+    ) -> Tenant:
+        api_key_hash, prefix, encrypted = rotated_key_for_write(
+            tenant_id, api_key, self._cipher
+        )
+        grace = grace_period(grace)
+        expires_at = optional_datetime("expires_at", expires_at)
+        if not is_canonical_id(tenant_id):
+            raise _not_found()
+        now = utc(self._clock.now())
+        grace_end = grace_until(now, grace)
+        state = self._state
+        with state.lock:
+            old = state.tenants.get(tenant_id)
+            if old is None:
+                raise _not_found()
+            if old.api_key_hash == api_key_hash:
+                return old  # a retried rotation: nothing to revoke
+            owner = state.by_hash.get(api_key_hash)
+            if owner is not None and owner != tenant_id:
+                raise _conflict()
+            previous, previous_expires = rotation_times(old, now, grace_end)
+            assert old.updated_at is not None
+            stored = dataclasses.replace(
+                old,
+                api_key_hash=api_key_hash,
+                previous_api_key_hash=previous,
+                previous_api_key_expires_at=previous_expires,
+                api_key_expires_at=expires_at,
+                api_key_prefix=prefix,
+                updated_at=max(now, old.updated_at + _MICROSECOND),
+            )
+            before = _tenant_row(state, old)
+            _reindex(state, old, stored)
+            state.tenants[tenant_id] = stored
+            if encrypted is None:
+                state.encrypted.pop(tenant_id, None)
+            else:
+                state.encrypted[tenant_id] = encrypted
+            self._audit(now, "UPDATE", tenant_id, before, _tenant_row(state, stored))
+            return stored
+
+    def revoke_previous_api_key(self, tenant_id: str) -> Tenant:
+        if not is_canonical_id(tenant_id):
+            raise _not_found()
+        state = self._state
+        with state.lock:
+            old = state.tenants.get(tenant_id)
+            if old is None:
+                raise _not_found()
+            if old.previous_api_key_hash is None:
+                return old
+            assert old.updated_at is not None
+            now = utc(self._clock.now())
+            stored = dataclasses.replace(
+                old,
+                previous_api_key_hash=None,
+                previous_api_key_expires_at=None,
+                updated_at=max(now, old.updated_at + _MICROSECOND),
+            )
+            _reindex(state, old, stored)
+            state.tenants[tenant_id] = stored
+            self._audit(
+                now,
+                "UPDATE",
+                tenant_id,
+                _tenant_row(state, old),
+                _tenant_row(state, stored),
+            )
+            return stored
+
     def delete(self, tenant_id: str) -> None:
         if not is_canonical_id(tenant_id):
             raise _not_found()
@@ -314,7 +453,7 @@ class InMemoryTenantRepository:
                 raise _not_found()
             before = _tenant_row(state, tenant)
             del state.tenants[tenant_id]
-            del state.by_hash[tenant.api_key_hash]
+            _reindex(state, tenant, None)
             state.encrypted.pop(tenant_id, None)
             state.usage.pop(tenant_id, None)
             state.pruned.pop(tenant_id, None)
@@ -541,6 +680,21 @@ class AsyncInMemoryTenantRepository:
 
     async def set_enabled(self, tenant_id: str, enabled: bool) -> Tenant:
         return self.sync.set_enabled(tenant_id, enabled)
+
+    async def rotate_api_key(
+        self,
+        tenant_id: str,
+        api_key: str,
+        *,
+        grace: timedelta = timedelta(0),
+        expires_at: datetime | None = None,
+    ) -> Tenant:
+        return self.sync.rotate_api_key(
+            tenant_id, api_key, grace=grace, expires_at=expires_at
+        )
+
+    async def revoke_previous_api_key(self, tenant_id: str) -> Tenant:
+        return self.sync.revoke_previous_api_key(tenant_id)
 
     async def delete(self, tenant_id: str) -> None:
         self.sync.delete(tenant_id)

@@ -32,6 +32,14 @@ class Tenant:
     `created_at` and `updated_at` are set by the store from its clock. On create
     both are ignored; on update `updated_at`, when set, is the version the caller
     read: the update applies only if the store still has it (else `Conflict`).
+
+    The key lifecycle (all None by default): the current key authenticates while
+    the store's clock is before `api_key_expires_at` (None: it never expires), the
+    key a rotation replaced (`previous_api_key_hash`) while it is before
+    `previous_api_key_expires_at`. `api_key_prefix` is the first 8 characters of
+    the plaintext key, for display, when the store was given it. The previous key
+    and the prefix are set by the store (`rotate_api_key`, `create(api_key=...)`),
+    never taken from the caller's tenant; `api_key_expires_at` is the caller's.
     """
 
     __module__ = "tenantstore"
@@ -47,6 +55,10 @@ class Tenant:
     enabled: bool = True
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    api_key_expires_at: datetime | None = None
+    previous_api_key_hash: str | None = field(default=None, repr=False)
+    previous_api_key_expires_at: datetime | None = None
+    api_key_prefix: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Final
 
@@ -25,9 +25,11 @@ __all__ = [
     "COST_MAX",
     "INT_MAX",
     "admin_user_for_write",
+    "grace_period",
     "is_canonical_id",
     "is_key_hash",
     "is_username",
+    "key_prefix",
     "money",
     "tenant_for_write",
     "usage_batch_for_write",
@@ -207,7 +209,39 @@ def tenant_for_write(tenant: object) -> Tenant:
             "fallback_providers", tenant.fallback_providers, 50
         ),
         enabled=boolean("enabled", tenant.enabled),
+        api_key_expires_at=optional_datetime(
+            "api_key_expires_at", tenant.api_key_expires_at
+        ),
     )
+
+
+def optional_datetime(field: str, value: object) -> datetime | None:
+    """None, or `utc_datetime`."""
+    return None if value is None else utc_datetime(field, value)
+
+
+def grace_period(value: object) -> timedelta:
+    """A rotation's grace: a `timedelta` >= 0."""
+    if not isinstance(value, timedelta):
+        raise InvalidInput("grace", f"must be a timedelta, not {type(value).__name__}")
+    if value < timedelta(0):
+        raise InvalidInput("grace", "must be >= 0")
+    return value
+
+
+def grace_until(now: datetime, grace: timedelta) -> datetime:
+    """When a grace of `grace` from `now` ends."""
+    try:
+        return now + grace
+    except OverflowError:
+        raise InvalidInput("grace", "reaches past the representable range") from None
+
+
+def key_prefix(api_key: str) -> str | None:
+    """What `Tenant.api_key_prefix` shows of a (hashable) key: its first 8
+    characters, or None when they hold a NUL (no text column can)."""
+    prefix = str.__str__(api_key)[:8]
+    return None if "\x00" in prefix else prefix
 
 
 def expected_version(tenant: Tenant) -> datetime | None:

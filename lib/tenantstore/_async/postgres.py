@@ -48,7 +48,7 @@ from ..audit import (
     current_actor,
     event_from_row,
 )
-from ..cipher import KeyCipher, encrypted_key_for_write
+from ..cipher import KeyCipher, encrypted_key_for_write, rotated_key_for_write
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import MODIFIED, CipherError, InvalidInput, StaleVersion, TenantNotFound
 from ..keys import key_matches_hash, lookup_hash
@@ -56,8 +56,12 @@ from ..models import RecordOutcome, Tenant, UsageRecord, UsageSummary
 from ..validation import (
     boolean,
     expected_version,
+    grace_period,
+    grace_until,
     is_canonical_id,
     is_key_hash,
+    key_prefix,
+    optional_datetime,
     tenant_for_write,
     usage_batch_for_write,
     usage_for_write,
@@ -355,7 +359,7 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
     async def _enabled_by_hash(self, api_key_hash: str) -> Tenant:
         row = await self._run(
             _sql.SELECT_ENABLED_BY_HASH,
-            {"hash": api_key_hash},
+            {"hash": api_key_hash, "now": utc(self._clock.now())},
             ONE,
             retry=True,
         )
@@ -386,7 +390,12 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
             tenant.api_key_hash, tenant.id, api_key, self._cipher
         )
         now = utc(self._clock.now())
-        params = tenant_params(tenant, now=now, api_key_encrypted=encrypted)
+        params = tenant_params(
+            tenant,
+            now=now,
+            api_key_encrypted=encrypted,
+            api_key_prefix=None if api_key is None else key_prefix(api_key),
+        )
         params.update(audit_params(current_actor(self._actor), now))
         row = await self._run(
             _sql.INSERT_TENANT,
@@ -405,7 +414,11 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
         )
         now = utc(self._clock.now())
         params = tenant_params(
-            tenant, now=now, api_key_encrypted=encrypted, expected=expected
+            tenant,
+            now=now,
+            api_key_encrypted=encrypted,
+            expected=expected,
+            api_key_prefix=None if api_key is None else key_prefix(api_key),
         )
         params.update(audit_params(current_actor(self._actor), now))
         statement = _sql.UPDATE_TENANT[api_key is not None, expected is not None]
@@ -435,6 +448,61 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
         )
         if row is None:
             raise _not_found()
+        return tenant_from_row(row)
+
+    async def rotate_api_key(
+        self,
+        tenant_id: str,
+        api_key: str,
+        *,
+        grace: timedelta = timedelta(0),
+        expires_at: datetime | None = None,
+    ) -> Tenant:
+        api_key_hash, prefix, encrypted = rotated_key_for_write(
+            tenant_id, api_key, self._cipher
+        )
+        grace = grace_period(grace)
+        expires_at = optional_datetime("expires_at", expires_at)
+        if not is_canonical_id(tenant_id):
+            raise _not_found()
+        now = utc(self._clock.now())
+        row = await self._run(
+            _sql.ROTATE_API_KEY,
+            {
+                "id": tenant_id,
+                "hash": api_key_hash,
+                "now": now,
+                "grace_until": grace_until(now, grace),
+                "expires_at": expires_at,
+                "prefix": prefix,
+                "api_key_encrypted": encrypted,
+                **audit_params(current_actor(self._actor), now),
+            },
+            ONE,
+            retry=False,
+        )
+        if row is None:
+            # Unknown (TenantNotFound), or this key is current already: a retried
+            # rotation returns the tenant as it is.
+            return await self.get_by_id(tenant_id)
+        return tenant_from_row(row)
+
+    async def revoke_previous_api_key(self, tenant_id: str) -> Tenant:
+        if not is_canonical_id(tenant_id):
+            raise _not_found()
+        now = utc(self._clock.now())
+        row = await self._run(
+            _sql.REVOKE_PREVIOUS_API_KEY,
+            {
+                "id": tenant_id,
+                "now": now,
+                **audit_params(current_actor(self._actor), now),
+            },
+            ONE,
+            retry=False,
+        )
+        if row is None:  # unknown, or no previous key: nothing to end
+            return await self.get_by_id(tenant_id)
         return tenant_from_row(row)
 
     async def delete(self, tenant_id: str) -> None:

@@ -7,7 +7,7 @@ results, order and errors; the differential tests hold them to it.
 from __future__ import annotations
 
 import builtins
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
 
@@ -75,6 +75,37 @@ class AsyncTenantRepository(Protocol):
         writer filled with values `update` would reject. Unconditional (no version
         check): disabling must not lose a race. Raises `InvalidInput` when
         `enabled` is not a bool, `TenantNotFound` for an unknown or malformed id.
+        """
+        ...
+
+    async def rotate_api_key(
+        self,
+        tenant_id: str,
+        api_key: str,
+        *,
+        grace: timedelta = timedelta(0),
+        expires_at: datetime | None = None,
+    ) -> Tenant:
+        """Make `api_key` the tenant's key and return the tenant as stored.
+
+        The old key keeps authenticating until now + `grace` by the repository's
+        clock (never past its own expiry; `grace` 0: revoked at once), as
+        `previous_api_key_hash` until `previous_api_key_expires_at`. One previous
+        key at a time: an older previous key is revoked. The new key expires at
+        `expires_at` (None: never); `api_key_prefix` shows its first 8 characters,
+        and a repository with a `KeyCipher` stores its encryption (bound to the
+        tenant id and the new hash). Idempotent: rotating to the current key again
+        changes nothing and returns the tenant unchanged. Raises `InvalidInput`
+        (`api_key`, `grace`, `expires_at`), `TenantNotFound`, and `Conflict` when
+        the new key is another tenant's current or previous key.
+        """
+        ...
+
+    async def revoke_previous_api_key(self, tenant_id: str) -> Tenant:
+        """End the grace period now: the previous key no longer authenticates.
+
+        Returns the tenant unchanged when it has no previous key;
+        `TenantNotFound` for an unknown or malformed id.
         """
         ...
 

@@ -15,7 +15,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Final
 
@@ -154,6 +154,7 @@ class CachedTenantRepository:
             negative_maxsize=_count("negative_maxsize", negative_maxsize, zero=True),
             stale_if_error=_seconds("stale_if_error", stale_if_error, zero=True),
             now=self._now,
+            wall=partial(datetime.now, UTC) if clock is None else clock.now,
         )
         self._entries = self._state.entries
 
@@ -282,12 +283,16 @@ class CachedTenantRepository:
             self._state.invalidate(None, _hashes(tenant))
 
     def update(self, tenant: Tenant, *, api_key: str | None = None) -> Tenant:
-        """`inner.update`, then drop the tenant's entry (under its old key hash)
-        and anything cached under its new one."""
+        """`inner.update`, then drop the tenant's entries (under its old key
+        hashes) and anything cached under its new ones, its previous key's
+        included (an update that enables the tenant revives that key too)."""
+        hashes = _hashes(tenant)
         try:
-            return self.inner.update(tenant, api_key=api_key)
+            stored = self.inner.update(tenant, api_key=api_key)
+            hashes += _hashes(stored)
+            return stored
         finally:
-            self._state.invalidate(_tenant_id(tenant), _hashes(tenant))
+            self._state.invalidate(_tenant_id(tenant), hashes)
 
     def set_enabled(self, tenant_id: str, enabled: bool) -> Tenant:
         """`inner.set_enabled`, then drop the tenant's entry and anything cached
@@ -304,6 +309,35 @@ class CachedTenantRepository:
             self._state.invalidate(
                 tenant_id if type(tenant_id) is str else None, hashes
             )
+
+    def rotate_api_key(
+        self,
+        tenant_id: str,
+        api_key: str,
+        *,
+        grace: timedelta = timedelta(0),
+        expires_at: datetime | None = None,
+    ) -> Tenant:
+        """`inner.rotate_api_key`, then drop the tenant's entries (old and
+        previous keys) and anything cached under the new key."""
+        hashes: tuple[str, ...] = ()
+        try:
+            tenant = self.inner.rotate_api_key(
+                tenant_id, api_key, grace=grace, expires_at=expires_at
+            )
+            hashes = _hashes(tenant)
+            return tenant
+        finally:
+            self._state.invalidate(
+                tenant_id if type(tenant_id) is str else None, hashes
+            )
+
+    def revoke_previous_api_key(self, tenant_id: str) -> Tenant:
+        """`inner.revoke_previous_api_key`, then drop the tenant's entries."""
+        try:
+            return self.inner.revoke_previous_api_key(tenant_id)
+        finally:
+            self._state.invalidate(tenant_id if type(tenant_id) is str else None, ())
 
     def delete(self, tenant_id: str) -> None:
         """`inner.delete`, then drop the tenant's entry."""
@@ -347,5 +381,8 @@ def _tenant_id(tenant: object) -> str | None:
 
 
 def _hashes(tenant: object) -> tuple[str, ...]:
-    value = getattr(tenant, "api_key_hash", None)
-    return (value,) if type(value) is str else ()
+    values = (
+        getattr(tenant, "api_key_hash", None),
+        getattr(tenant, "previous_api_key_hash", None),
+    )
+    return tuple(value for value in values if type(value) is str)

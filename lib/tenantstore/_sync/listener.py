@@ -427,6 +427,8 @@ class TenantCacheListener:
             for row in found:
                 tenant = tenant_from_row(row)
                 rows[tenant.api_key_hash] = tenant
+                if tenant.previous_api_key_hash is not None:
+                    rows[tenant.previous_api_key_hash] = tenant
         self.revalidations += 1
         self._up(conn.info.backend_pid, revalidations, rows)
 

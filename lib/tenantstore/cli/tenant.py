@@ -1,6 +1,6 @@
 """``tenantstore tenant ...``: create, inspect, enable, disable, delete tenants and
-rotate or reveal their keys, through a `PostgresTenantRepository` on the command's
-one connection. The optional `KeyCipher` ring, a secret, is read only from
+rotate, revoke or reveal their keys, through a `PostgresTenantRepository` on the
+command's one connection. The optional `KeyCipher` ring, a secret, is read only from
 ``$TENANTSTORE_CIPHER_KEYS`` or the file ``--cipher-keys-file PATH``. An API key is
 printed only by ``create``, ``rotate-key`` and ``reveal-key``; a key hash never is.
 """
@@ -8,12 +8,13 @@ printed only by ``create``, ``rotate-key`` and ``reveal-key``; a key hash never 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
+import re
 import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final
@@ -58,6 +59,33 @@ def _tenant_id(value: str) -> str:
         return str(uuid.UUID(value))
     except ValueError:
         raise argparse.ArgumentTypeError("must be a UUID") from None
+
+
+_DURATION: Final = re.compile(r"(\d{1,9})([smhd])")
+_UNIT: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def _duration(value: str) -> timedelta:
+    """An argparse type: `30s`, `15m`, `24h`, `90d` (or `0`)."""
+    if value == "0":
+        return timedelta(0)
+    match = _DURATION.fullmatch(value)
+    if match is None:
+        raise argparse.ArgumentTypeError("must be a duration such as 24h or 90d")
+    try:
+        return timedelta(**{_UNIT[match[2]]: int(match[1])})
+    except OverflowError:
+        raise argparse.ArgumentTypeError("is too long") from None
+
+
+def _after(duration: timedelta | None) -> datetime | None:
+    """When `duration` from now ends (None: never)."""
+    if duration is None:
+        return None
+    try:
+        return datetime.now(UTC) + duration
+    except OverflowError:
+        raise InvalidInput("--expires-in", "is too long") from None
 
 
 def add_parser(
@@ -120,6 +148,12 @@ def add_parser(
     create.add_argument(
         "--id", type=_tenant_id, metavar="UUID", help="its id (default: a new one)"
     )
+    create.add_argument(
+        "--expires-in",
+        type=_duration,
+        metavar="DURATION",
+        help="the key stops authenticating after this long (e.g. 90d; default: never)",
+    )
     create.set_defaults(handler=_tenant_create)
 
     listing = actions.add_parser(
@@ -157,7 +191,29 @@ def add_parser(
         parents=[*common, ciphered, as_json, one],
         help="replace the tenant's API key and print the new one (shown once)",
     )
+    rotate.add_argument(
+        "--grace",
+        type=_duration,
+        default=timedelta(0),
+        metavar="DURATION",
+        help="the old key keeps authenticating this long (e.g. 24h; default 0: "
+        "it stops at once)",
+    )
+    rotate.add_argument(
+        "--expires-in",
+        type=_duration,
+        metavar="DURATION",
+        help="the new key stops authenticating after this long (e.g. 90d; "
+        "default: never)",
+    )
     rotate.set_defaults(handler=_tenant_rotate_key)
+
+    revoke = actions.add_parser(
+        "revoke-previous-key",
+        parents=[*common, one],
+        help="end the grace period of the key a rotation replaced, now",
+    )
+    revoke.set_defaults(handler=_tenant_revoke_previous_key)
 
     reveal = actions.add_parser(
         "reveal-key",
@@ -228,7 +284,22 @@ def _tenant_json(tenant: Tenant) -> dict[str, Any]:
         "fallback_providers": list(tenant.fallback_providers),
         "created_at": iso(tenant.created_at),
         "updated_at": iso(tenant.updated_at),
+        # Named without "api_key": no output but create's and rotate's carries one.
+        "key_prefix": tenant.api_key_prefix,
+        "key_expires_at": iso(tenant.api_key_expires_at),
+        "previous_key_until": iso(_grace_end(tenant)),
     }
+
+
+def _grace_end(tenant: Tenant) -> datetime | None:
+    """When the previous key stops authenticating (None: there is none)."""
+    if tenant.previous_api_key_hash is None:
+        return None
+    return tenant.previous_api_key_expires_at
+
+
+def _when(moment: datetime | None, never: str = "never") -> str:
+    return never if moment is None else moment.isoformat(timespec="seconds")
 
 
 def _key_note(cipher: KeyCipher | None) -> str:
@@ -263,6 +334,7 @@ def _tenant_create(args: argparse.Namespace, url: str) -> int:
             return _usage_error("budget_usd: is not a number (--budget)")
     api_key = generate_api_key()
     try:
+        fields["api_key_expires_at"] = _after(args.expires_in)
         tenant = Tenant(api_key_hash=hash_api_key(api_key), **fields)
         with _tenants(args, url, cipher) as tenants:
             created = tenants.create(tenant, api_key=api_key)
@@ -274,6 +346,8 @@ def _tenant_create(args: argparse.Namespace, url: str) -> int:
         return 0
     print(f"created tenant {created.id} ({printable(created.name)})")
     print(f"api key: {api_key}")
+    if created.api_key_expires_at is not None:
+        print(f"it expires at {_when(created.api_key_expires_at)}")
     print(_key_note(cipher))
     return 0
 
@@ -294,11 +368,17 @@ def _tenant_list(args: argparse.Namespace, url: str) -> int:
             "yes" if t.enabled else "no",
             str(t.budget_usd),
             str(t.rate_limit_rpm),
+            printable(t.api_key_prefix or ""),
+            _when(t.api_key_expires_at, ""),
+            _when(_grace_end(t), ""),
             t.created_at.isoformat(timespec="seconds") if t.created_at else "",
         )
         for t in found
     ]
-    header = ("ID", "NAME", "ENABLED", "BUDGET_USD", "RPM", "CREATED_AT")
+    header = (
+        *("ID", "NAME", "ENABLED", "BUDGET_USD", "RPM", "KEY"),
+        *("KEY_EXPIRES_AT", "PREVIOUS_KEY_UNTIL", "CREATED_AT"),
+    )
     print_table(header, rows, right=frozenset({3, 4}))  # numbers align right
     return 0
 
@@ -326,6 +406,9 @@ def _tenant_show(args: argparse.Namespace, url: str) -> int:
         "allowed_models": listed(tenant.allowed_models),
         "default_provider": "(none)" if provider is None else printable(provider),
         "fallback_providers": listed(tenant.fallback_providers),
+        "key_prefix": printable(tenant.api_key_prefix or "(unknown)"),
+        "key_expires_at": _when(tenant.api_key_expires_at),
+        "previous_key_until": _when(_grace_end(tenant), "(no previous key)"),
         "created_at": iso(tenant.created_at) or "",
         "updated_at": iso(tenant.updated_at) or "",
     }
@@ -378,22 +461,53 @@ def _tenant_rotate_key(args: argparse.Namespace, url: str) -> int:
     cipher = _cipher(args)
     api_key = generate_api_key()
     try:
+        expires_at = _after(args.expires_in)
         with _tenants(args, url, cipher) as tenants:
-            tenant = tenants.get_by_id(args.id)
-            # Passing the key replaces the stored encryption (or clears it when
+            # The repository replaces the stored encryption (or clears it when
             # there is no cipher): an old ciphertext never outlives its key.
-            tenants.update(
-                dataclasses.replace(tenant, api_key_hash=hash_api_key(api_key)),
-                api_key=api_key,
+            rotated = tenants.rotate_api_key(
+                args.id, api_key, grace=args.grace, expires_at=expires_at
             )
     except TenantNotFound:
         return _not_found(args.id)
+    except InvalidInput as exc:
+        return _usage_error(str(exc))
+    grace_end = _grace_end(rotated)
     if args.json:
-        print_json({"id": args.id, "api_key": api_key})
+        print_json(
+            {
+                "id": args.id,
+                "api_key": api_key,
+                "key_expires_at": iso(rotated.api_key_expires_at),
+                "previous_key_until": iso(grace_end),
+            }
+        )
         return 0
-    print(f"rotated the key of tenant {args.id}; the previous key no longer works")
+    if grace_end is None:
+        print(f"rotated the key of tenant {args.id}; the previous key no longer works")
+    else:
+        print(
+            f"rotated the key of tenant {args.id}; the previous key works until "
+            f"{_when(grace_end)} (`tenant revoke-previous-key` ends it sooner)"
+        )
     print(f"new api key: {api_key}")
+    if rotated.api_key_expires_at is not None:
+        print(f"it expires at {_when(rotated.api_key_expires_at)}")
     print(_key_note(cipher))
+    return 0
+
+
+def _tenant_revoke_previous_key(args: argparse.Namespace, url: str) -> int:
+    try:
+        with _tenants(args, url) as tenants:
+            before = tenants.get_by_id(args.id)
+            tenants.revoke_previous_api_key(args.id)
+    except TenantNotFound:
+        return _not_found(args.id)
+    if before.previous_api_key_hash is None:
+        print(f"tenant {args.id} has no previous key")
+    else:
+        print(f"tenant {args.id}: the previous key no longer works")
     return 0
 
 
