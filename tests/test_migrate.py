@@ -19,6 +19,7 @@ import logging
 import secrets
 import shutil
 import subprocess
+import tempfile
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -751,18 +752,22 @@ def psql_create_001(url: str) -> None:
     Our 001 is the Go service's file with three comment lines on top
     (test_initial_migration_is_the_original_schema checks the schema it makes).
     """
-    file = Path(migrate.__file__).resolve().parents[2] / "migrations"
-    path = file / "001_initial.up.sql"
+    text = migrate.available()[0].up  # wherever the package keeps its files
     psql = shutil.which("psql")
     if psql is None:  # the same statements, sent the way psql sends a file's
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(path.read_text(encoding="utf-8"))
+            conn.execute(text)
         return
-    subprocess.run(
-        [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(path)],
-        check=True,
-        capture_output=True,
-    )
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "001_initial.up.sql"
+        path.write_text(text, encoding="utf-8")
+        done = subprocess.run(
+            [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
 
 
 def test_a_psql_created_database_is_adopted_at_version_1(
