@@ -44,9 +44,9 @@ from typing import Any, Final, TypeAlias
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.errors import Diagnostic
 
+from ._oneshot import connect, first_line
 from .errors import InvalidInput, StoreUnavailable, TenantStoreError
 
 __all__ = [
@@ -398,23 +398,9 @@ def _resolve_source(source: Source | None) -> Traversable:
 
 @contextmanager
 def _connect(conninfo: str) -> Iterator[_Conn]:
-    try:
-        params = conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError as exc:
-        # The driver's message may quote the string, password included: keep it out.
-        raise InvalidInput(
-            "conninfo", "is not a PostgreSQL connection string or URL"
-        ) from exc
-    if "connect_timeout" not in params:
-        # libpq waits forever by default; an operator's command should not.
-        conninfo = make_conninfo(conninfo, connect_timeout=_DEFAULT_CONNECT_TIMEOUT)
-    try:
-        conn = psycopg.connect(conninfo, autocommit=True)
-    except psycopg.Error as exc:
-        raise StoreUnavailable(
-            f"cannot connect to PostgreSQL: {_first_line(exc)}"
-        ) from exc
-    with conn:
+    with connect(
+        conninfo, field="conninfo", connect_timeout=_DEFAULT_CONNECT_TIMEOUT
+    ) as conn:
         yield conn
 
 
@@ -425,17 +411,12 @@ def _translated() -> Iterator[None]:
         yield
     except psycopg.OperationalError as exc:
         raise StoreUnavailable(
-            f"lost the connection to PostgreSQL: {_first_line(exc)}"
+            f"lost the connection to PostgreSQL: {first_line(exc)}"
         ) from exc
     except psycopg.Error as exc:
         raise TenantStoreError(
-            f"unexpected database error while migrating: {_first_line(exc)}"
+            f"unexpected database error while migrating: {first_line(exc)}"
         ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _names(conn: _Conn) -> tuple[str, str]:
@@ -642,7 +623,7 @@ class _Session:
                     log.warning(
                         "%s: %s (lock_timeout %s); retrying in %.1f s (retry %d of %d)",
                         file,
-                        _first_line(exc),
+                        first_line(exc),
                         self.retry.setting,
                         delay,
                         attempt,
@@ -874,7 +855,7 @@ def _failure(
             f"{dirty_at}, dirty."
         )
     return MigrationError(
-        f"migration {file} failed{where}: {_first_line(exc)}. {state} Fix the "
+        f"migration {file} failed{where}: {first_line(exc)}. {state} Fix the "
         f"cause, then run `tenantstore migrate force {at}` and migrate again.",
         version=migration.version,
         file=file,

@@ -14,46 +14,27 @@ from contextlib import contextmanager
 from typing import Any, Final, cast
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from ..errors import DatabaseUnreachable, InvalidInput
+from .._oneshot import connect as open_connection
+from .._oneshot import first_line
+from ..errors import DatabaseUnreachable
 
 __all__ = ["CONNECT_TIMEOUT", "actor", "as_pool", "connect"]
 
 CONNECT_TIMEOUT: Final = 5  # seconds, unless the URL says connect_timeout
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 @contextmanager
 def connect(url: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection in UTC, closed when the command ends."""
-    try:
-        params = conninfo_to_dict(url)
-    except psycopg.ProgrammingError as exc:
-        # The driver's message may quote the string, password included: keep it out.
-        raise InvalidInput(
-            "--database-url", "is not a PostgreSQL connection string or URL"
-        ) from exc
-    if "connect_timeout" not in params:
-        url = make_conninfo(url, connect_timeout=CONNECT_TIMEOUT)
-    try:
-        conn = psycopg.connect(url, autocommit=True)
-    except psycopg.Error as exc:
-        # libpq's first line names the host and port and why, never the password.
-        raise DatabaseUnreachable(
-            f"cannot connect to PostgreSQL: {_first_line(exc)}"
-        ) from exc
+    conn = open_connection(url, field="--database-url", connect_timeout=CONNECT_TIMEOUT)
     with conn:
         try:
             conn.execute("SET TIME ZONE 'UTC'")
         except psycopg.Error as exc:
             raise DatabaseUnreachable(
-                f"lost the connection to PostgreSQL: {_first_line(exc)}"
+                f"lost the connection to PostgreSQL: {first_line(exc)}"
             ) from exc
         yield conn
 
