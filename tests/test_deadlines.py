@@ -17,6 +17,8 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -25,8 +27,11 @@ import pytest
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from tenantstore import (
+    AsyncBudgetGuard,
     AsyncPostgresTenantRepository,
     AsyncPostgresUsageRepository,
+    BudgetExceeded,
+    BudgetGuard,
     DatabaseUnreachable,
     InvalidInput,
     PostgresTenantRepository,
@@ -41,6 +46,7 @@ from tenantstore import (
 )
 from tenantstore._acompat import AWatchdog, Watchdog
 from tenantstore._pgerrors import PoolHealth
+from tests.fix_backends import FakeClock
 from tests.polling import DEADLINE, wait_until
 from tests.tcpproxy import TcpProxy, tcp_proxy
 
@@ -532,3 +538,152 @@ def test_pool_health_rule() -> None:
     health.attempting()
     # Pending since before the wait began (connecting hangs): unreachable.
     assert health.unreachable(time.monotonic() + 1)
+
+
+# -- the budget guard: every statement under the same bound ---------------------
+
+
+def budget_tenant(tenants: Any, budget: str) -> Any:
+    return tenants.create(
+        Tenant(
+            name="Acme",
+            api_key_hash=hash_api_key(generate_api_key()),
+            budget_usd=Decimal(budget),
+        )
+    )
+
+
+def cost_record(tenant: Tenant, request_id: str, cost: str) -> UsageRecord:
+    return UsageRecord(
+        tenant_id=tenant.id,
+        request_id=request_id,
+        model="m",
+        provider="p",
+        cost_usd=Decimal(cost),
+    )
+
+
+def test_the_budget_guard_is_bounded_on_a_frozen_path_and_heals(
+    proxy: TcpProxy, clean_db: str
+) -> None:
+    clock = FakeClock(datetime.now(UTC))
+    with proxied_pool(proxy, clean_db) as pool:
+        tenants = PostgresTenantRepository(pool, clock=clock)
+        usage = PostgresUsageRepository(pool, clock=clock)
+        tenant = budget_tenant(tenants, "1.00")
+        options: dict[str, Any] = {
+            "clock": clock,
+            "lease_time": 20.0,
+            "renew_interval": None,
+            "reclaim_wait": 0,
+        }
+        with BudgetGuard(tenants, usage, **options) as guard:
+            settling = guard.reserve(tenant, Decimal("0.10"))
+            releasing = guard.reserve(tenant, Decimal("0.10"))
+            with BudgetGuard(tenants, usage, **options) as other:
+                # The other guard takes what is left and is refused: it asks this
+                # one to go lean, so that its settles and releases (not only its
+                # lease steps) are statements on the lease row.
+                refused = 0
+                for _ in range(20):
+                    try:
+                        other.reserve(tenant, Decimal("0.10"))
+                    except BudgetExceeded:
+                        refused += 1
+                assert refused > 0
+                guard.renew()
+                assert guard._leases[tenant.id].lean
+                calls: dict[str, Callable[[], object]] = {
+                    "reserve": lambda: guard.reserve(tenant, Decimal("0.01")),
+                    "settle": lambda: settling.settle(cost_record(tenant, "s", "0.1")),
+                    "status": lambda: guard.status(tenant),
+                }
+                for name, call in calls.items():
+                    pool.wait(10)
+                    proxy.freeze()
+                    try:
+                        with pytest.raises(DatabaseUnreachable) as info:
+                            call()
+                        assert isinstance(
+                            info.value.__cause__, psycopg.OperationalError
+                        ), name
+                    finally:
+                        proxy.passthrough()
+                    wait_until(
+                        lambda: works(lambda: guard.status(tenant)),
+                        f"the guard works again after a frozen {name}",
+                    )
+                    assert_pool_healthy(pool)
+                # A release cannot fail: on a frozen path it returns within the
+                # bound, and the share stays leased until a renewal.
+                pool.wait(10)
+                proxy.freeze()
+                try:
+                    releasing.release()
+                finally:
+                    proxy.passthrough()
+                wait_until(
+                    lambda: works(lambda: guard.status(tenant)),
+                    "the guard works again after a frozen release",
+                )
+                # The settle that failed left its reservation open: it goes through.
+                assert settling.settle(cost_record(tenant, "s", "0.1")) is True
+                # A cut connection: the read is retried on a fresh one.
+                proxy.cut()
+                status = guard.status(tenant)
+                assert status.spent_usd == Decimal("0.10")
+                assert status.spent_usd + status.held_usd <= status.budget_usd
+            # The other guard's share is back: a later reservation is granted.
+            wait_until(
+                lambda: works(lambda: guard.reserve(tenant, Decimal("0.10")).release()),
+                "a reservation is granted again",
+            )
+            status = guard.status(tenant)
+            assert (status.spent_usd, status.held_usd) == (Decimal("0.10"), Decimal(0))
+
+
+def test_the_async_budget_guard_is_bounded_on_a_frozen_path_and_heals(
+    proxy: TcpProxy, clean_db: str, runner: asyncio.Runner
+) -> None:
+    clock = FakeClock(datetime.now(UTC))
+
+    async def scenario() -> None:
+        pool = await proxied_apool(proxy, clean_db)
+        try:
+            tenants = AsyncPostgresTenantRepository(pool, clock=clock)
+            usage = AsyncPostgresUsageRepository(pool, clock=clock)
+            tenant = await budget_tenant(tenants, "1.00")
+            async with AsyncBudgetGuard(
+                tenants, usage, clock=clock, lease_time=20.0, renew_interval=None
+            ) as guard:
+                settling = await guard.reserve(tenant, Decimal("0.10"))
+                clock.advance(16.0)  # past the share's safe time: reserve steps
+                calls: dict[str, Callable[[], Awaitable[object]]] = {
+                    "reserve": lambda: guard.reserve(tenant, Decimal("0.01")),
+                    "status": lambda: guard.status(tenant),
+                }
+                for name, call in calls.items():
+                    await pool.wait(10)
+                    proxy.freeze()
+                    try:
+                        with pytest.raises(DatabaseUnreachable) as info:
+                            await call()
+                        assert isinstance(
+                            info.value.__cause__, psycopg.OperationalError
+                        ), name
+                    finally:
+                        proxy.passthrough()
+                    await async_until_works(lambda: guard.status(tenant), name)
+                    await assert_apool_healthy(pool)
+                proxy.cut()
+                assert await settling.settle(cost_record(tenant, "s", "0.1")) is True
+                await async_until_works(
+                    lambda: guard.reserve(tenant, Decimal("0.10")), "reserve"
+                )
+                status = await guard.status(tenant)
+                assert status.spent_usd == Decimal("0.10")
+                assert status.spent_usd + status.held_usd <= status.budget_usd
+        finally:
+            await pool.close()
+
+    runner.run(scenario())

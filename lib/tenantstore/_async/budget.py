@@ -18,8 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
-import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg import AsyncConnection
 
 from .. import _budgetsql
 from .._acompat import AEvent, ALock, AWorker, Lock, aevent_wait, aspawn, astop_worker
@@ -43,14 +42,13 @@ from .._budgetstate import (
     month_of,
     plan,
 )
-from .._pgerrors import translate_error
 from .._rows import usage_params, utc
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BudgetExceeded, InvalidInput, TenantNotFound, TenantStoreError
 from ..memory import InMemoryUsageRepository
 from ..models import Tenant, UsageRecord
 from ..validation import usage_for_write
-from .postgres import AsyncPostgresUsageRepository, _total_cost_query
+from .postgres import ALL, COUNT, ONE, AsyncPostgresUsageRepository, _total_cost_query
 
 __all__ = ["AsyncBudgetGuard", "AsyncReservation"]
 
@@ -71,15 +69,19 @@ def _check_tenant(tenant: object) -> None:
 class _AsyncPostgresBook:
     """Leases and alerts in PostgreSQL (migration 014), through the usage pool.
 
-    `trips` counts the round trips to the server (a lease step takes two, its
-    six statements pipelined; everything else one).
+    Every statement runs through the usage repository's `_run`: the same
+    bound (the wait for a connection, then the answer, past which the
+    connection is shut down: `DatabaseUnreachable`), the same discarding of
+    faulty connections and the same error mapping as the repositories. Only
+    what is idempotent (the reads, giving leases back) is retried on a broken
+    connection. `trips` counts the round trips to the server (a lease step
+    takes two, its six statements pipelined; everything else one).
     """
 
-    __slots__ = ("_lock", "_pool", "_prepare", "trips")
+    __slots__ = ("_lock", "_usage", "trips")
 
-    def __init__(self, pool: AsyncConnectionPool, prepare: bool) -> None:
-        self._pool = pool
-        self._prepare = prepare
+    def __init__(self, usage: AsyncPostgresUsageRepository) -> None:
+        self._usage = usage
         self._lock = Lock()
         self.trips = 0
 
@@ -115,18 +117,14 @@ class _AsyncPostgresBook:
         planner: Callable[[Snapshot], Decision],
     ) -> Decision:
         statement, params = self._snapshot_params(tenant_id, holder, start, now, since)
-        prepare = self._prepare
-        self._count(2)
-        try:
+        prepare = self._usage._prepare
+
+        async def work(conn: AsyncConnection[Any]) -> Decision:
             # Pipelined: BEGIN, the lock, the clean-up and the snapshot go out
             # together (the server runs them in order, so the snapshot is taken
             # once the lock is held) and come back at the fetch; the write and
             # COMMIT are the second round trip.
-            async with (
-                self._pool.connection() as conn,
-                conn.pipeline(),
-                conn.transaction(),
-            ):
+            async with conn.pipeline(), conn.transaction():
                 await conn.execute(
                     _budgetsql.LOCK_TENANT, {"lock_key": tenant_id}, prepare=prepare
                 )
@@ -149,8 +147,14 @@ class _AsyncPostgresBook:
                     },
                     prepare=prepare,
                 )
-        except psycopg.Error as exc:
-            raise translate_error(exc) from exc
+            return decision
+
+        self._count(2)
+        # Not retried: a step whose answer was lost may have committed, and
+        # its lease delta must not be applied twice.
+        decision: Decision = await self._usage._run(
+            _budgetsql.WRITE_LEASE, None, ONE, retry=False, work=work
+        )
         return decision
 
     async def snapshot(
@@ -162,26 +166,19 @@ class _AsyncPostgresBook:
         since: datetime,
     ) -> Snapshot:
         statement, params = self._snapshot_params(tenant_id, holder, start, now, since)
-        row = await self._one(statement, params)
+        row = await self._one(statement, params, retry=True)
         return Snapshot(*row)
 
-    async def _one(self, statement: str, params: dict[str, Any]) -> Any:
+    async def _one(self, statement: str, params: dict[str, Any], *, retry: bool) -> Any:
         self._count(1)
-        try:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(statement, params, prepare=self._prepare)
-                return await cur.fetchone()
-        except psycopg.Error as exc:
-            raise translate_error(exc) from exc
+        return await self._usage._run(statement, params, ONE, retry=retry)
 
-    async def _all(self, statement: str, params: dict[str, Any]) -> list[Any]:
+    async def _all(
+        self, statement: str, params: dict[str, Any], *, retry: bool
+    ) -> list[Any]:
         self._count(1)
-        try:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(statement, params, prepare=self._prepare)
-                return await cur.fetchall()
-        except psycopg.Error as exc:
-            raise translate_error(exc) from exc
+        rows: list[Any] = await self._usage._run(statement, params, ALL, retry=retry)
+        return rows
 
     async def settle(
         self,
@@ -193,22 +190,18 @@ class _AsyncPostgresBook:
     ) -> bool:
         params = usage_params(record)
         params.update(holder=holder, spent=spent, unspent=unspent)
-        row = await self._one(_budgetsql.SETTLE, params)
+        # Not retried: the record is idempotent, the lease's decrement is not.
+        row = await self._one(_budgetsql.SETTLE, params, retry=False)
         return bool(row[0])
 
     async def adjust(self, tenant_id: str, holder: str, delta: Decimal) -> None:
-        await self._all_no_rows(
+        self._count(1)
+        await self._usage._run(
             _budgetsql.ADJUST_LEASE,
             {"tenant_id": tenant_id, "holder": holder, "delta": delta},
+            COUNT,
+            retry=False,
         )
-
-    async def _all_no_rows(self, statement: str, params: dict[str, Any]) -> None:
-        self._count(1)
-        try:
-            async with self._pool.connection() as conn:
-                await conn.execute(statement, params, prepare=self._prepare)
-        except psycopg.Error as exc:
-            raise translate_error(exc) from exc
 
     async def reclaims(
         self, tenant_ids: list[str], holder: str, now: datetime, since: datetime
@@ -221,22 +214,30 @@ class _AsyncPostgresBook:
                 "now": now,
                 "reclaim_since": since,
             },
+            retry=True,
         )
         return {row[0] for row in rows}
 
     async def fire(
         self, tenant_id: str, period: date, levels: list[AlertLevel], now: datetime
     ) -> list[AlertLevel]:
+        # Not retried: an insert whose answer was lost would come back empty,
+        # and the alert would fire nowhere.
         rows = await self._all(
             _budgetsql.FIRE_ALERTS,
             {"tenant_id": tenant_id, "period": period, "levels": levels, "now": now},
+            retry=False,
         )
         fired = {row[0] for row in rows}
         return [level for level in levels if level in fired]
 
     async def drop(self, tenant_ids: list[str], holder: str) -> None:
-        await self._all_no_rows(
-            _budgetsql.DROP_LEASES, {"tenant_ids": tenant_ids, "holder": holder}
+        self._count(1)
+        await self._usage._run(
+            _budgetsql.DROP_LEASES,
+            {"tenant_ids": tenant_ids, "holder": holder},
+            COUNT,
+            retry=True,
         )
 
 
@@ -415,7 +416,7 @@ class AsyncBudgetGuard:
         if memory is not None:
             self._book = _AsyncMemoryBook(memory)
         elif isinstance(usage, AsyncPostgresUsageRepository):
-            self._book = _AsyncPostgresBook(usage._pool, usage._prepare)
+            self._book = _AsyncPostgresBook(usage)
         else:
             raise InvalidInput(
                 "usage", "must be an in-memory or PostgreSQL usage repository"

@@ -19,8 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
-import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg import Connection
 
 from .. import _budgetsql
 from .._acompat import Event, Lock, Worker, event_wait, spawn, stop_worker
@@ -44,14 +43,13 @@ from .._budgetstate import (
     month_of,
     plan,
 )
-from .._pgerrors import translate_error
 from .._rows import usage_params, utc
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BudgetExceeded, InvalidInput, TenantNotFound, TenantStoreError
 from ..memory import InMemoryUsageRepository
 from ..models import Tenant, UsageRecord
 from ..validation import usage_for_write
-from .postgres import PostgresUsageRepository, _total_cost_query
+from .postgres import ALL, COUNT, ONE, PostgresUsageRepository, _total_cost_query
 
 __all__ = ["BudgetGuard", "Reservation"]
 
@@ -72,15 +70,19 @@ def _check_tenant(tenant: object) -> None:
 class _PostgresBook:
     """Leases and alerts in PostgreSQL (migration 014), through the usage pool.
 
-    `trips` counts the round trips to the server (a lease step takes two, its
-    six statements pipelined; everything else one).
+    Every statement runs through the usage repository's `_run`: the same
+    bound (the wait for a connection, then the answer, past which the
+    connection is shut down: `DatabaseUnreachable`), the same discarding of
+    faulty connections and the same error mapping as the repositories. Only
+    what is idempotent (the reads, giving leases back) is retried on a broken
+    connection. `trips` counts the round trips to the server (a lease step
+    takes two, its six statements pipelined; everything else one).
     """
 
-    __slots__ = ("_lock", "_pool", "_prepare", "trips")
+    __slots__ = ("_lock", "_usage", "trips")
 
-    def __init__(self, pool: ConnectionPool, prepare: bool) -> None:
-        self._pool = pool
-        self._prepare = prepare
+    def __init__(self, usage: PostgresUsageRepository) -> None:
+        self._usage = usage
         self._lock = Lock()
         self.trips = 0
 
@@ -116,18 +118,14 @@ class _PostgresBook:
         planner: Callable[[Snapshot], Decision],
     ) -> Decision:
         statement, params = self._snapshot_params(tenant_id, holder, start, now, since)
-        prepare = self._prepare
-        self._count(2)
-        try:
+        prepare = self._usage._prepare
+
+        def work(conn: Connection[Any]) -> Decision:
             # Pipelined: BEGIN, the lock, the clean-up and the snapshot go out
             # together (the server runs them in order, so the snapshot is taken
             # once the lock is held) and come back at the fetch; the write and
             # COMMIT are the second round trip.
-            with (
-                self._pool.connection() as conn,
-                conn.pipeline(),
-                conn.transaction(),
-            ):
+            with conn.pipeline(), conn.transaction():
                 conn.execute(
                     _budgetsql.LOCK_TENANT, {"lock_key": tenant_id}, prepare=prepare
                 )
@@ -150,8 +148,14 @@ class _PostgresBook:
                     },
                     prepare=prepare,
                 )
-        except psycopg.Error as exc:
-            raise translate_error(exc) from exc
+            return decision
+
+        self._count(2)
+        # Not retried: a step whose answer was lost may have committed, and
+        # its lease delta must not be applied twice.
+        decision: Decision = self._usage._run(
+            _budgetsql.WRITE_LEASE, None, ONE, retry=False, work=work
+        )
         return decision
 
     def snapshot(
@@ -163,26 +167,17 @@ class _PostgresBook:
         since: datetime,
     ) -> Snapshot:
         statement, params = self._snapshot_params(tenant_id, holder, start, now, since)
-        row = self._one(statement, params)
+        row = self._one(statement, params, retry=True)
         return Snapshot(*row)
 
-    def _one(self, statement: str, params: dict[str, Any]) -> Any:
+    def _one(self, statement: str, params: dict[str, Any], *, retry: bool) -> Any:
         self._count(1)
-        try:
-            with self._pool.connection() as conn:
-                cur = conn.execute(statement, params, prepare=self._prepare)
-                return cur.fetchone()
-        except psycopg.Error as exc:
-            raise translate_error(exc) from exc
+        return self._usage._run(statement, params, ONE, retry=retry)
 
-    def _all(self, statement: str, params: dict[str, Any]) -> list[Any]:
+    def _all(self, statement: str, params: dict[str, Any], *, retry: bool) -> list[Any]:
         self._count(1)
-        try:
-            with self._pool.connection() as conn:
-                cur = conn.execute(statement, params, prepare=self._prepare)
-                return cur.fetchall()
-        except psycopg.Error as exc:
-            raise translate_error(exc) from exc
+        rows: list[Any] = self._usage._run(statement, params, ALL, retry=retry)
+        return rows
 
     def settle(
         self,
@@ -194,22 +189,18 @@ class _PostgresBook:
     ) -> bool:
         params = usage_params(record)
         params.update(holder=holder, spent=spent, unspent=unspent)
-        row = self._one(_budgetsql.SETTLE, params)
+        # Not retried: the record is idempotent, the lease's decrement is not.
+        row = self._one(_budgetsql.SETTLE, params, retry=False)
         return bool(row[0])
 
     def adjust(self, tenant_id: str, holder: str, delta: Decimal) -> None:
-        self._all_no_rows(
+        self._count(1)
+        self._usage._run(
             _budgetsql.ADJUST_LEASE,
             {"tenant_id": tenant_id, "holder": holder, "delta": delta},
+            COUNT,
+            retry=False,
         )
-
-    def _all_no_rows(self, statement: str, params: dict[str, Any]) -> None:
-        self._count(1)
-        try:
-            with self._pool.connection() as conn:
-                conn.execute(statement, params, prepare=self._prepare)
-        except psycopg.Error as exc:
-            raise translate_error(exc) from exc
 
     def reclaims(
         self, tenant_ids: list[str], holder: str, now: datetime, since: datetime
@@ -222,22 +213,30 @@ class _PostgresBook:
                 "now": now,
                 "reclaim_since": since,
             },
+            retry=True,
         )
         return {row[0] for row in rows}
 
     def fire(
         self, tenant_id: str, period: date, levels: list[AlertLevel], now: datetime
     ) -> list[AlertLevel]:
+        # Not retried: an insert whose answer was lost would come back empty,
+        # and the alert would fire nowhere.
         rows = self._all(
             _budgetsql.FIRE_ALERTS,
             {"tenant_id": tenant_id, "period": period, "levels": levels, "now": now},
+            retry=False,
         )
         fired = {row[0] for row in rows}
         return [level for level in levels if level in fired]
 
     def drop(self, tenant_ids: list[str], holder: str) -> None:
-        self._all_no_rows(
-            _budgetsql.DROP_LEASES, {"tenant_ids": tenant_ids, "holder": holder}
+        self._count(1)
+        self._usage._run(
+            _budgetsql.DROP_LEASES,
+            {"tenant_ids": tenant_ids, "holder": holder},
+            COUNT,
+            retry=True,
         )
 
 
@@ -416,7 +415,7 @@ class BudgetGuard:
         if memory is not None:
             self._book = _MemoryBook(memory)
         elif isinstance(usage, PostgresUsageRepository):
-            self._book = _PostgresBook(usage._pool, usage._prepare)
+            self._book = _PostgresBook(usage)
         else:
             raise InvalidInput(
                 "usage", "must be an in-memory or PostgreSQL usage repository"
