@@ -61,6 +61,22 @@ def test_outcomes_in_input_order(stores: Stores) -> None:
     assert stores.usage.record_many([]) == []
 
 
+def test_a_record_stored_before_is_a_duplicate_in_an_otherwise_clean_batch(
+    stores: Stores,
+) -> None:
+    # No unknown tenant and no repeat inside the batch: on PostgreSQL the fast
+    # path (a plain COPY) runs first, and 005's trigger skips the stored row
+    # without an error; the outcome must still say DUPLICATE.
+    a, _ = new_tenant()
+    stores.tenants.create(a)
+    assert stores.usage.record(usage(a.id, "old")) is True
+    outcomes = stores.usage.record_many([usage(a.id, "new"), usage(a.id, "old")])
+    assert outcomes == [INSERTED, DUPLICATE]
+    assert stores.usage.record_many([usage(a.id, "new")]) == [DUPLICATE]
+    stored = stores.usage.get_tenant_usage(a.id, EPOCH)
+    assert sorted(r.request_id for r in stored) == ["new", "old"]
+
+
 def test_a_batch_round_trips_every_field(stores: Stores) -> None:
     tenant, _ = new_tenant()
     stores.tenants.create(tenant)

@@ -89,6 +89,10 @@ _DEALLOCATE_ALL: Final = "DEALLOCATE ALL"
 _WATCHDOG: Final = AWatchdog()
 
 
+class _Skipped(Exception):
+    """A COPY wrote fewer rows than it was given (see `_copy_if_clean`)."""
+
+
 def _not_found() -> TenantNotFound:
     return TenantNotFound("no such tenant")
 
@@ -284,15 +288,22 @@ class _AsyncPostgres:
     async def _copy_if_clean(self, copy: str, rows: Sequence[Sequence[Any]]) -> bool:
         """COPY `rows` in, in one transaction; False, with nothing written, when a
         unique or foreign key fails (a row that is there already, a tenant that is
-        not). Through `_run`, as `_run_copy`: a COPY that failed wrote nothing.
+        not, or 005's trigger skipped a row that is stored already). Through
+        `_run`, as `_run_copy`: a COPY that failed wrote nothing.
         """
 
         async def work(conn: AsyncConnection[Any]) -> bool:
             try:
-                async with conn.transaction(), conn.cursor().copy(copy) as pipe:
-                    for row in rows:
-                        await pipe.write_row(row)
-            except (pge.UniqueViolation, pge.ForeignKeyViolation):
+                async with conn.transaction():
+                    cur = conn.cursor()
+                    async with cur.copy(copy) as pipe:
+                        for row in rows:
+                            await pipe.write_row(row)
+                    if cur.rowcount != len(rows):
+                        # Fewer rows than sent: 005's trigger skipped a record
+                        # that is stored already (no error). Rolled back.
+                        raise _Skipped
+            except (pge.UniqueViolation, pge.ForeignKeyViolation, _Skipped):
                 return False
             return True
 
