@@ -25,6 +25,7 @@ from tenantstore import (
     AsyncBudgetGuard,
     AsyncPostgresTenantRepository,
     AsyncPostgresUsageRepository,
+    AsyncUsageWriter,
     BudgetAlert,
     BudgetExceeded,
     BudgetGuard,
@@ -38,6 +39,7 @@ from tenantstore import (
     Tenant,
     TenantCacheListener,
     UsageRecord,
+    UsageWriter,
     create_pool,
     generate_api_key,
     hash_api_key,
@@ -463,3 +465,71 @@ def test_the_held_share_outlives_an_outage_and_a_failed_settle_stays_open(
             status = guard.status(tenant)
             assert (status.spent_usd, guard.stats().refused) == (D("0.10"), 0)
             guard.close()
+
+
+def test_a_settle_through_a_writer_holds_until_its_batch_commits(store: Store) -> None:
+    tenant = store.tenant("1.00")
+    with UsageWriter(store.usage, max_delay=3600) as writer:
+        guard = store.guard(writer=writer)
+        record = store.record(tenant, "0.30")
+        assert guard.reserve(tenant, D("0.40")).settle(record) is True
+        # Queued, not written: the hold still counts, the spend not yet.
+        status = guard.status(tenant)
+        assert (status.spent_usd, status.held_usd) == (D("0"), D("0.40"))
+        with pytest.raises(BudgetExceeded):
+            guard.reserve(tenant, D("0.70"))  # 0.40 held + 0.70 > 1.00
+        writer.flush()
+        status = guard.status(tenant)
+        assert (status.spent_usd, status.held_usd) == (D("0.30"), D("0"))
+        assert guard.stats().settled == 1
+        guard.reserve(tenant, D("0.70")).release()  # 0.30 + 0.70 = 1.00
+        # A duplicate (a retried request) spends nothing: its hold goes back.
+        assert guard.reserve(tenant, D("0.20")).settle(record) is True
+        assert guard.status(tenant).held_usd == D("0.20")
+        writer.flush()
+        status = guard.status(tenant)
+        assert (status.spent_usd, status.held_usd) == (D("0.30"), D("0"))
+        assert (writer.stats().written, writer.stats().duplicates) == (1, 1)
+        assert guard.stats().settled == 1
+        guard.reserve(tenant, D("0.70")).release()
+
+
+def test_the_async_guard_settles_through_an_async_writer(
+    apool: Any, runner: asyncio.Runner
+) -> None:
+    async def main() -> None:
+        tenants = AsyncPostgresTenantRepository(apool)
+        usage = AsyncPostgresUsageRepository(apool)
+        tenant = await tenants.create(
+            Tenant(name="t", api_key_hash=hash_api_key("k"), budget_usd=D("1.00"))
+        )
+        async with (
+            AsyncUsageWriter(usage, max_delay=3600) as writer,
+            AsyncBudgetGuard(
+                tenants, usage, renew_interval=None, writer=writer
+            ) as guard,
+        ):
+            settled = []
+            for i in range(12):
+                try:
+                    reservation = await guard.reserve(tenant, D("0.10"))
+                except BudgetExceeded:
+                    continue
+                record = UsageRecord(
+                    tenant_id=tenant.id,
+                    request_id=f"w-{i % 8}",  # the last ones are retries
+                    model="m",
+                    provider="p",
+                    cost_usd=D("0.10"),
+                )
+                settled.append(await reservation.settle(record))
+                status = await guard.status(tenant)
+                assert status.spent_usd + status.held_usd <= D("1.00")
+            assert settled == [True] * 10  # 10 held before anything was written
+            await writer.flush()
+            status = await guard.status(tenant)
+            assert (status.spent_usd, status.held_usd) == (D("0.80"), D("0"))
+            assert (writer.stats().written, writer.stats().duplicates) == (8, 2)
+            await (await guard.reserve(tenant, D("0.20"))).release()
+
+    runner.run(main())

@@ -366,3 +366,38 @@ def test_async_writer_on_memory_flushes_and_closes(runner: asyncio.Runner) -> No
         assert len(await usage.get_tenant_usage(tenant.id, EPOCH)) == 26
 
     runner.run(main())
+
+
+def test_on_done_gets_each_records_outcome_after_its_batch_commits() -> None:
+    tenants = InMemoryTenantRepository()
+    tenant = tenants.create(new_tenant())
+    usage: Any = Switch(InMemoryUsageRepository(tenants))
+    seen: list[tuple[str, RecordOutcome]] = []
+
+    def on_done(request_id: str) -> Any:
+        return lambda outcome: seen.append((request_id, outcome))
+
+    submissions = [
+        (record(tenant.id, "a"), True),
+        (record(tenant.id, "b"), False),  # no callback: positions still count
+        (record(tenant.id, "a"), True),  # a retried request
+        (record(str(uuid.uuid4()), "c"), True),  # a tenant that does not exist
+        (record(tenant.id, "d"), False),
+        (record(tenant.id, "e"), True),
+    ]
+    with UsageWriter(usage, max_batch=3, max_delay=3600) as writer:
+        usage.down = True
+        for submitted, with_callback in submissions:
+            callback = on_done(submitted.request_id) if with_callback else None
+            writer.submit(submitted, on_done=callback)
+        # A full batch is due at once: the outage keeps it.
+        wait_until(lambda: writer.stats().retries >= 1, "a batch failed")
+        assert seen == []  # nothing committed, nothing reported
+        usage.down = False
+        writer.flush(timeout=30)
+    assert seen == [
+        ("a", RecordOutcome.INSERTED),
+        ("a", RecordOutcome.DUPLICATE),
+        ("c", RecordOutcome.UNKNOWN_TENANT),
+        ("e", RecordOutcome.INSERTED),
+    ]

@@ -48,6 +48,8 @@ _UNKNOWN = RecordOutcome.UNKNOWN_TENANT
 _DUPLICATE = RecordOutcome.DUPLICATE
 
 OnRejected = Callable[[UsageRecord, TenantNotFound], object]
+# Called with a record's outcome once its batch has committed (see `submit`).
+OnDone = Callable[[RecordOutcome], object]
 
 
 def backoff(attempt: int) -> float:
@@ -84,6 +86,7 @@ class WriterQueue:
 
     __slots__ = (
         "_clock",
+        "_done",
         "_lock",
         "_queue",
         "_spool",
@@ -125,6 +128,9 @@ class WriterQueue:
         self.wake_on_first = wake_on_first  # for a max_delay of 0: no idle ticks
         self._lock = threading.Lock()
         self._queue: deque[UsageRecord] = deque()
+        # (position in submission order, callback) for records submitted with
+        # `on_done`, oldest first: batches are taken and settled in that order.
+        self._done: deque[tuple[int, OnDone]] = deque()
         self.in_flight = 0  # records taken and not yet settled
         self.oldest = 0.0  # monotonic time when the queue last became non-empty
         self.urgent = 0  # a flush wants everything submitted up to this count
@@ -136,7 +142,7 @@ class WriterQueue:
             self.submitted = len(self._queue)
             self.oldest = time.monotonic()
 
-    def submit(self, record: UsageRecord) -> None:
+    def submit(self, record: UsageRecord, on_done: OnDone | None = None) -> None:
         # Validated and stamped here, in the caller: a bad record is the caller's
         # InvalidInput, and the timestamp is when the request ended, not when its
         # batch happens to be written.
@@ -153,6 +159,8 @@ class WriterQueue:
             if self._spool is not None:
                 self._spool.append(record)
             queue.append(record)
+            if on_done is not None:
+                self._done.append((self.submitted, on_done))
             self.submitted += 1
             pending = len(queue)
             if pending == 1:
@@ -206,7 +214,10 @@ class WriterQueue:
         """Count a written batch; return its records whose tenant is unknown."""
         rejected = [r for r, o in zip(batch, outcomes, strict=True) if o is _UNKNOWN]
         duplicates = sum(1 for o in outcomes if o is _DUPLICATE)
+        done: list[tuple[OnDone, RecordOutcome]] = []
         with self._lock:
+            if self._done:
+                done = self._take_done(self.settled(), outcomes)
             self.rejected += len(rejected)
             self.duplicates += duplicates
             self.written += len(batch) - len(rejected) - duplicates
@@ -214,7 +225,25 @@ class WriterQueue:
             self.in_flight = 0
             if self._spool is not None:
                 self._spool.acknowledge(len(batch))
+        for callback, outcome in done:
+            try:
+                callback(outcome)
+            except Exception:
+                _log.exception("usage writer: an on_done callback raised")
         return rejected
+
+    def _take_done(
+        self, first: int, outcomes: list[RecordOutcome]
+    ) -> list[tuple[OnDone, RecordOutcome]]:
+        # Under the lock: the callbacks of the batch that starts at position
+        # `first` (the records settled before it), with their outcomes.
+        pending = self._done
+        end = first + len(outcomes)
+        done = []
+        while pending and pending[0][0] < end:
+            position, callback = pending.popleft()
+            done.append((callback, outcomes[position - first]))
+        return done
 
     def stats(self) -> UsageWriterStats:
         with self._lock:

@@ -22,6 +22,7 @@ from typing import Final
 from .._acompat import AEvent, aevent_wait, aspawn
 from .._spool import FSYNC_INTERVAL, Spool
 from .._writerstate import (
+    OnDone,
     OnRejected,
     UsageWriterStats,
     WriterQueue,
@@ -287,9 +288,15 @@ class AsyncUsageWriter:
         self._finalizer = weakref.finalize(self, core.abandoned)
         atexit.register(core.at_exit, exit_timeout)
 
-    def submit(self, record: UsageRecord) -> None:
-        """Queue `record` for writing; see the class docstring."""
-        self._queue.submit(record)
+    def submit(self, record: UsageRecord, on_done: OnDone | None = None) -> None:
+        """Queue `record` for writing; see the class docstring.
+
+        `on_done(outcome)`, if given, is called with the record's
+        `RecordOutcome` once its batch has committed (INSERTED, DUPLICATE or
+        UNKNOWN_TENANT), in the flusher's thread (task); never for a record
+        left unwritten when the writer closes. An exception it raises is logged.
+        """
+        self._queue.submit(record, on_done)
 
     async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109  (the twin's timeout)
         """Return once every record submitted before the call is written or

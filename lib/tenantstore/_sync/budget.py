@@ -47,9 +47,10 @@ from .._rows import usage_params, utc
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BudgetExceeded, InvalidInput, TenantNotFound, TenantStoreError
 from ..memory import InMemoryUsageRepository
-from ..models import Tenant, UsageRecord
+from ..models import RecordOutcome, Tenant, UsageRecord
 from ..validation import usage_for_write
 from .postgres import ALL, COUNT, ONE, PostgresUsageRepository, _total_cost_query
+from .writer import UsageWriter
 
 __all__ = ["BudgetGuard", "Reservation"]
 
@@ -341,7 +342,9 @@ class Reservation:
         (the hold is released all the same). `record.tenant_id` must be the
         reserved tenant's. A reservation settles once: after `settle` or
         `release`, `InvalidInput`. On `StoreUnavailable` the reservation stays
-        open: settle again, or release it.
+        open: settle again, or release it. With the guard's `writer`, the record
+        is queued (True) and the hold ends when its batch commits: a duplicate
+        found then spends nothing.
         """
         if self._done:
             raise InvalidInput("reservation", "is already settled or released")
@@ -385,6 +388,10 @@ class BudgetGuard:
     shares back and answers other processes' reclaims (None: no worker; call
     `renew()` yourself). A refused reservation waits up to `reclaim_wait`
     (default `lease_time`) for other processes' idle shares to come back.
+    With `writer` (a usage writer over `usage`), settles go through it: the
+    record is queued, and the hold stays until its batch commits (a duplicate
+    or a vanished tenant then releases it); the alerts that settle crosses
+    fire at the next renewal or `status`.
     Use it as an (async) context manager, or `close()` it: its leases go back.
     """
 
@@ -399,6 +406,7 @@ class BudgetGuard:
         lease_time: float = 10.0,
         renew_interval: float | None = 1.0,
         reclaim_wait: float | None = None,
+        writer: UsageWriter | None = None,
     ) -> None:
         if not lease_time > 0:
             raise InvalidInput("lease_time", "must be positive")
@@ -421,6 +429,7 @@ class BudgetGuard:
                 "usage", "must be an in-memory or PostgreSQL usage repository"
             )
         self._usage_clock: Clock = getattr(usage, "_clock", None) or self._clock
+        self._writer = writer
         self._holder = uuid.uuid4().hex
         self._lease_time = timedelta(seconds=lease_time)
         self._fresh_margin = timedelta(seconds=lease_time / 4)
@@ -512,6 +521,9 @@ class BudgetGuard:
             raise InvalidInput("record.tenant_id", "must be the reserved tenant's id")
         lease = reservation._lease
         estimate = reservation.estimate_usd
+        if self._writer is not None:
+            self._submit(self._writer, reservation, record)
+            return True
         if lease is None:
             inserted: bool = self._usage.record(record)
             reservation._done = True
@@ -542,6 +554,46 @@ class BudgetGuard:
         spend = lease.settled_one(cost, estimate, booked=booked)
         self._alerts(lease, spend, lease.budget, self._clock.now())
         return True
+
+    def _submit(
+        self,
+        writer: UsageWriter,
+        reservation: Reservation,
+        record: UsageRecord,
+    ) -> None:
+        lease = reservation._lease
+        if lease is None:
+            writer.submit(record)
+        else:
+            # The hold stays in `held` until the batch commits: until then the
+            # record is in no spend, and S + sum(H) still counts it once.
+            cost, estimate = record.cost_usd, reservation.estimate_usd
+            writer.submit(
+                record,
+                lambda outcome: self._written(lease, cost, estimate, outcome),
+            )
+        reservation._done = True  # a submit that raised leaves it open
+
+    def _written(
+        self,
+        lease: TenantLease,
+        cost: Decimal,
+        estimate: Decimal,
+        outcome: RecordOutcome,
+    ) -> None:
+        """A settle's record committed through the writer (in its flusher)."""
+        if outcome is not RecordOutcome.INSERTED:
+            # Recorded before, or its tenant is gone: the hold goes back here
+            # (the book still counts it in this process's lease until the next
+            # step: the others can only under-grant meanwhile).
+            lease.released_unreturned(estimate)
+            return
+        # No I/O here: as a plain settle, the book's lease keeps counting it
+        # (`consumed`) until the next step rebases it; a lean lease steps at
+        # the next renewal, so that nothing stays stranded in it.
+        lease.settled_one(cost, estimate, booked=False)
+        with self._lock:
+            self._settles += 1
 
     def _release(self, reservation: Reservation) -> None:
         lease = reservation._lease
@@ -640,10 +692,17 @@ class BudgetGuard:
             [lease.tenant_id for lease in active], self._holder, now, since
         )
         for lease in active:
+            with lease.lock:
+                known = lease.spend + lease.settled
+                # Settled through the writer while lean: the book still counts it.
+                rebase = lease.lean and lease.consumed > 0
+            if lease.period == start.date():
+                self._alerts(lease, known, lease.budget, now)
             idle = lease.held == 0 and mono - lease.used >= self._idle_after
             expires = lease.expires
             due = (
-                expires is None
+                rebase
+                or expires is None
                 or expires - now <= self._renew_ahead
                 or lease.period != start.date()
             )
