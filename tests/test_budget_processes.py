@@ -1,6 +1,7 @@
 """The budget guard across OS processes sharing one PostgreSQL, one killed mid-run.
 
-Four processes of eight threads each (tests/budget_worker.py) reserve and settle
+Four processes of eight threads (one of them: eight asyncio tasks on the async
+guard) each (tests/budget_worker.py) reserve and settle
 against one tenant until it is refused with nothing held. One of them is SIGKILLed
 while it holds reservations: its lease stops being renewed and stops counting once
 `LEASE_TIME` has passed, and the others then spend what it held. With every settle
@@ -28,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 LEASE_TIME = 2.0  # seconds; the default is 10
 BUDGET = Decimal("12.00")
 LARGEST_ESTIMATE = Decimal("0.05")
+# The second process runs eight asyncio tasks on AsyncBudgetGuard; the others
+# eight threads on BudgetGuard (the first is the one killed).
+MODES = ["guard", "async", "guard", "guard"]
 
 
 def _count(url: str, sql: str, *params: object) -> int:
@@ -67,6 +71,7 @@ def test_four_processes_spend_one_budget_exactly(clean_db: str, tmp_path: Path) 
                         f"p{i}",
                         "8",
                         str(LEASE_TIME),
+                        *MODES[i : i + 1],
                     ],
                     cwd=ROOT,
                     env=env,
@@ -140,3 +145,8 @@ def test_four_processes_spend_one_budget_exactly(clean_db: str, tmp_path: Path) 
     assert spent == BUDGET
     assert alerts == ["critical", "exceeded", "warning"]
     assert sum(1 for line in lines if line.startswith("done")) == 3
+    # The async guard's process took its part of the budget too.
+    (async_done,) = [
+        line for line in outputs[1].read_text().splitlines() if line.startswith("done")
+    ]
+    assert int(async_done.split()[1]) > 0
