@@ -38,8 +38,8 @@ MISUSES = """
 from datetime import datetime
 from decimal import Decimal
 from tenantstore import (
-    InMemoryTenantRepository, InMemoryUsageRepository, InvalidInput, KeyCipher,
-    Tenant, TenantRepository, hash_api_key,
+    BudgetGuard, InMemoryTenantRepository, InMemoryUsageRepository, InvalidInput,
+    KeyCipher, Tenant, TenantRepository, hash_api_key,
 )
 
 repo = InMemoryTenantRepository()
@@ -55,6 +55,9 @@ usage = InMemoryUsageRepository(repo)
 cost: int = usage.get_tenant_total_cost("x", datetime.now())  # assignment
 KeyCipher({"k": "not bytes"})  # dict-item
 field: int = InvalidInput("name", "blank").field  # assignment
+guard = BudgetGuard(repo, usage)
+guard.reserve(tenant, Decimal("0.1")).settle("r1")  # arg-type
+spent: int = guard.status(tenant).spent_usd  # assignment
 """
 
 
@@ -83,3 +86,8 @@ def test_the_usage_file_runs() -> None:
     assert typing_usage.in_memory_gateway() == Decimal("0.5125000000")
     assert asyncio.run(typing_usage.async_in_memory_gateway()) == Decimal("1.25")
     assert typing_usage.operators() == ["UPDATE", "INSERT"]
+    assert typing_usage.budgeted_gateway() == (
+        ["warning", "critical", "exceeded"],
+        Decimal("1.00"),
+    )
+    assert asyncio.run(typing_usage.async_budgeted_gateway()) == Decimal("1.25")

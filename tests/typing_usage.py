@@ -17,15 +17,23 @@ from tenantstore import (
     AdminUserNotFound,
     AdminUserRepository,
     AsyncAdminUserRepository,
+    AsyncBudgetGuard,
     AsyncInMemoryAdminUserRepository,
     AsyncInMemoryTenantRepository,
     AsyncInMemoryUsageRepository,
     AsyncPostgresAdminUserRepository,
     AsyncPostgresTenantRepository,
     AsyncPostgresUsageRepository,
+    AsyncReservation,
     AsyncTenantRepository,
     AsyncUsageRepository,
+    AsyncUsageWriter,
     AuditEvent,
+    BudgetAlert,
+    BudgetExceeded,
+    BudgetGuard,
+    BudgetStats,
+    BudgetStatus,
     CipherError,
     Clock,
     Conflict,
@@ -38,6 +46,8 @@ from tenantstore import (
     PostgresAdminUserRepository,
     PostgresTenantRepository,
     PostgresUsageRepository,
+    RecordOutcome,
+    Reservation,
     StaleVersion,
     StoreUnavailable,
     SystemClock,
@@ -213,6 +223,90 @@ async def async_in_memory_gateway() -> Decimal:
     assert recorded
     since = datetime(2026, 1, 1, tzinfo=UTC)
     return await usage.get_tenant_total_cost(tenant.id, since)
+
+
+def budgeted_gateway() -> tuple[list[str], Decimal]:
+    """The request path with a budget: reserve, call, settle (or release)."""
+    tenants = InMemoryTenantRepository()
+    usage = InMemoryUsageRepository(tenants)
+    tenant = tenants.create(
+        Tenant(
+            name="Acme",
+            api_key_hash=hash_api_key(generate_api_key()),
+            budget_usd=Decimal("1.00"),
+        )
+    )
+    levels: list[str] = []
+
+    def alert(event: BudgetAlert) -> None:
+        levels.append(event.level)
+
+    with BudgetGuard(tenants, usage, lease_time=10.0, renew_interval=None) as guard:
+        guard.on_threshold(alert)
+        for number in range(12):
+            try:
+                reservation: Reservation = guard.reserve(tenant, Decimal("0.10"))
+            except BudgetExceeded as refused:
+                over: Decimal = refused.budget_usd
+                assert over == Decimal("1.00")
+                continue
+            if number == 0:
+                reservation.release()  # the call failed: nothing spent
+                continue
+            inserted: bool = reservation.settle(
+                UsageRecord(
+                    tenant_id=tenant.id,
+                    request_id=f"r{number}",
+                    model="m",
+                    provider="p",
+                    cost_usd=Decimal("0.10"),
+                )
+            )
+            assert inserted
+        status: BudgetStatus = guard.status(tenant)
+        stats: BudgetStats = guard.stats()
+        assert stats.settled == 10
+        remaining: Decimal | None = status.remaining_usd
+        assert remaining == Decimal("0")
+    return levels, status.spent_usd
+
+
+async def async_budgeted_gateway() -> Decimal:
+    """The same with the async guard, settling through an async usage writer."""
+    tenants = AsyncInMemoryTenantRepository()
+    usage = AsyncInMemoryUsageRepository(tenants)
+    tenant = await tenants.create(
+        Tenant(
+            name="Acme",
+            api_key_hash=hash_api_key(generate_api_key()),
+            budget_usd=Decimal("5.00"),
+        )
+    )
+    outcomes: list[RecordOutcome] = []
+    async with (
+        AsyncUsageWriter(usage) as writer,
+        AsyncBudgetGuard(tenants, usage, writer=writer) as guard,
+    ):
+        guard.on_threshold(lambda event: None)
+        reservation: AsyncReservation = await guard.reserve(tenant, Decimal("1.50"))
+        record = UsageRecord(
+            tenant_id=tenant.id,
+            request_id="r",
+            model="m",
+            provider="p",
+            cost_usd=Decimal("1.25"),
+        )
+        queued: bool = await reservation.settle(record)
+        assert queued
+        await reservation.release()  # a no-op once settled
+        writer.submit(
+            dataclasses.replace(record, request_id="other"),
+            on_done=outcomes.append,
+        )
+        await writer.flush()
+        status: BudgetStatus = await guard.status(tenant)
+    assert outcomes == [RecordOutcome.INSERTED]
+    return status.spent_usd - Decimal("1.25")  # the other record's cost
 
 
 def postgres_repositories(conninfo: str) -> tuple[TenantRepository, UsageRepository]:
