@@ -214,10 +214,16 @@ class WriterQueue:
         """Count a written batch; return its records whose tenant is unknown."""
         rejected = [r for r, o in zip(batch, outcomes, strict=True) if o is _UNKNOWN]
         duplicates = sum(1 for o in outcomes if o is _DUPLICATE)
-        done: list[tuple[OnDone, RecordOutcome]] = []
-        with self._lock:
-            if self._done:
+        if self._done:
+            # Before the counters move: a flush that returns has seen them run.
+            with self._lock:
                 done = self._take_done(self.settled(), outcomes)
+            for callback, outcome in done:
+                try:
+                    callback(outcome)
+                except Exception:
+                    _log.exception("usage writer: an on_done callback raised")
+        with self._lock:
             self.rejected += len(rejected)
             self.duplicates += duplicates
             self.written += len(batch) - len(rejected) - duplicates
@@ -225,11 +231,6 @@ class WriterQueue:
             self.in_flight = 0
             if self._spool is not None:
                 self._spool.acknowledge(len(batch))
-        for callback, outcome in done:
-            try:
-                callback(outcome)
-            except Exception:
-                _log.exception("usage writer: an on_done callback raised")
         return rejected
 
     def _take_done(

@@ -293,8 +293,10 @@ class AsyncUsageWriter:
 
         `on_done(outcome)`, if given, is called with the record's
         `RecordOutcome` once its batch has committed (INSERTED, DUPLICATE or
-        UNKNOWN_TENANT), in the flusher's thread (task); never for a record
-        left unwritten when the writer closes. An exception it raises is logged.
+        UNKNOWN_TENANT), in the flusher's thread (task), before the record
+        counts as settled (a `flush` that returns has called it); never for a
+        record left unwritten when the writer closes. An exception it raises is
+        logged.
         """
         self._queue.submit(record, on_done)
 
