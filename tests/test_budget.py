@@ -533,3 +533,48 @@ def test_the_async_guard_settles_through_an_async_writer(
             await (await guard.reserve(tenant, D("0.20"))).release()
 
     runner.run(main())
+
+
+def test_a_lean_guard_settling_through_a_writer_strands_nothing(store: Store) -> None:
+    tenant = store.tenant("1.00")
+    with UsageWriter(store.usage, max_delay=3600) as writer:
+        guard = store.guard(writer=writer)
+        alerts: list[str] = []
+        guard.on_threshold(lambda alert: alerts.append(alert.level))
+        reservation = guard.reserve(tenant, D("0.10"))
+        other = store.guard()
+        other.on_threshold(lambda alert: alerts.append(alert.level))
+        held = []
+        with contextlib.suppress(BudgetExceeded):
+            for _ in range(20):
+                held.append(other.reserve(tenant, D("0.10")))
+        guard.renew()  # the other was short: this guard goes lean
+        reservation.settle(store.record(tenant, "0.05"))
+        writer.flush()
+        # The book still counts the settled estimate in this guard's lease until
+        # its next renewal rebases it; then the other can spend all of the rest.
+        guard.renew()
+        with contextlib.suppress(BudgetExceeded):
+            for _ in range(200):
+                held.append(other.reserve(tenant, D("0.01")))
+        status = other.status(tenant)
+        assert (status.spent_usd, status.held_usd) == (D("0.05"), D("0.95"))
+        for hold in held:
+            hold.settle(store.record(tenant, str(hold.estimate_usd)))
+        guard.renew()
+        assert other.status(tenant).spent_usd == D("1.00")
+        assert alerts == ["warning", "critical", "exceeded"]  # once each, in all
+
+
+def test_alerts_a_writer_settle_crosses_fire_at_the_next_renewal(store: Store) -> None:
+    tenant = store.tenant("1.00")
+    with UsageWriter(store.usage, max_delay=3600) as writer:
+        guard = store.guard(writer=writer)
+        alerts: list[str] = []
+        guard.on_threshold(lambda alert: alerts.append(alert.level))
+        guard.reserve(tenant, D("0.90")).settle(store.record(tenant, "0.85"))
+        writer.flush()
+        guard.renew()
+        assert alerts == ["warning"]
+        guard.renew()
+        assert alerts == ["warning"]  # once
