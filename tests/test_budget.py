@@ -578,3 +578,17 @@ def test_alerts_a_writer_settle_crosses_fire_at_the_next_renewal(store: Store) -
         assert alerts == ["warning"]
         guard.renew()
         assert alerts == ["warning"]  # once
+
+
+def test_close_writes_the_queued_settles_before_giving_the_lease_back(
+    store: Store,
+) -> None:
+    tenant = store.tenant("1.00")
+    with UsageWriter(store.usage, max_delay=3600) as writer:
+        guard = store.guard(writer=writer)
+        guard.reserve(tenant, D("0.50")).settle(store.record(tenant, "0.40"))
+        guard.close()
+        # Written first, then the lease went back: never counted nowhere.
+        assert writer.stats().pending == 0
+        status = store.guard().status(tenant)
+        assert (status.spent_usd, status.held_usd) == (D("0.40"), D("0"))

@@ -855,7 +855,8 @@ class AsyncBudgetGuard:
     async def close(self) -> None:
         """Stop renewing and give every lease back (open reservations keep no
         share: settle or release them first); `reserve` raises `InvalidInput`
-        afterwards."""
+        afterwards. With a `writer`, it is flushed first (for up to
+        `lease_time`; if that fails the leases are left to expire)."""
         with self._lock:
             if self._closed:
                 return
@@ -874,6 +875,17 @@ class AsyncBudgetGuard:
                 lease.open_until = _CLOSED
                 if lease.expires is not None:
                     held.append(lease.tenant_id)
+        if held and self._writer is not None:
+            # Settles queued in the writer are in no spend yet: their holds
+            # must stay leased until they are written.
+            try:
+                await self._writer.flush(self._lease_time.total_seconds())
+            except TenantStoreError:
+                _log.warning(
+                    "budget: settles still queued in the usage writer; "
+                    "leases not returned, they expire on their own"
+                )
+                return
         if held:
             try:
                 await self._book.drop(held, self._holder)
