@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -48,6 +49,7 @@ from tests.fix_backends import FakeClock, Synced
 from tests.fix_pgbouncer import POOL_SIZE, PgBouncer
 from tests.pgserver import scratch_database
 from tests.polling import DEADLINE, wait_until
+from tests.test_cli_tenant import CliRunner
 from tests.test_contract import CIPHER, T0, Stores, new_tenant, usage
 
 # The contract suite's tests, collected here too: `stores` below (PgBouncer) takes
@@ -407,3 +409,17 @@ def test_the_migrate_command_refuses_the_pooler(
     err = capsys.readouterr().err
     assert "PgBouncer" in err
     assert "direct" in err
+
+
+def test_the_tenant_commands_work_through_the_pooler(
+    bouncer_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli = CliRunner(bouncer_url, capsys)
+    tenant_id, key = cli.create("--name", "Acme")
+    assert cli("tenant", "disable", tenant_id).status == 0
+    listed = cli("tenant", "list", "--json")
+    assert listed.status == 0
+    assert [(t["id"], t["enabled"]) for t in json.loads(listed.out)] == [
+        (tenant_id, False)
+    ]
+    assert key not in listed.out

@@ -6,7 +6,9 @@ connections, 5 kept open, each replaced after 5 minutes) and hand out autocommit
 connections, so a single-statement read costs one round trip. Each connection is
 set up in one round trip (UTC, and the server-side `statement_timeout`), bounded by
 `connect_timeout`, and the pool's connection attempts are recorded so that a pool
-timeout can tell an unreachable database from a busy one (`_pgerrors`).
+timeout can tell an unreachable database from a busy one (`_pgerrors`). The same
+round trip tells a connection through a pooler such as PgBouncer (`_pooler`),
+which then prepares nothing and is left no session setting.
 """
 
 from __future__ import annotations
@@ -160,6 +162,11 @@ def create_pool(
     take the same `timeout` by default. `connect_timeout` bounds each connection
     attempt (the handshake and the session setup). Connections get TCP keepalives
     unless `conninfo` sets them.
+
+    `conninfo` may go through a pooler in transaction mode (PgBouncer): each
+    connection tells at setup, and one through a pooler prepares no statement
+    (whatever a repository's `prepare`) and gets no `statement_timeout` (it would
+    stay on the pooler's server connection; the client-side bound still holds).
     """
     health = PoolHealth()
     pool = ConnectionPool(
