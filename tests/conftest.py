@@ -6,7 +6,7 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["tests.fix_postgres"]
+pytest_plugins = ["tests.fix_postgres", "tests.fix_pgbouncer"]
 
 # `ci`: a fixed, derandomized budget so the suite's length and outcome are stable.
 settings.register_profile(

@@ -4,8 +4,9 @@ Each "process" is an independent stack: its own pool, repository, cache and
 listener, sharing nothing but the database, exactly as two gateway processes would.
 Changes are made by raw SQL on a third connection (so the trigger, not this
 library, reports them), by one stack's cache, and while a listener is cut off:
-locked out, behind a frozen TCP path, with its backend SIGSTOPped, behind a
-transaction-mode PgBouncer, on a database without the trigger. Outages of the
+locked out, behind a frozen TCP path, with its backend SIGSTOPped, on a
+database without the trigger (through PgBouncer it refuses to start:
+tests/test_pgbouncer.py). Outages of the
 store itself are real where the repositories can tell them (an exhausted pool, a
 statement timeout, a refusing path) and an inner repository that raises
 `DatabaseUnreachable` on demand where they cannot yet. Waits poll with a
@@ -21,8 +22,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -573,89 +572,6 @@ def test_a_database_without_the_trigger_is_never_listened_to(
             assert one.cache.stats().hits == 0
             set_enabled(url, created.id, False)
             assert found(one.cache, key) is None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def bouncer(clean_db: str) -> Iterator[str]:
-    """`clean_db` through a real PgBouncer in transaction mode (LISTEN does not
-    survive the transaction there: the server connection goes back to its pool)."""
-    exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    if not os.path.exists(exe):
-        pytest.skip("pgbouncer is not installed")
-    params = conninfo_to_dict(clean_db)
-    user = str(params.get("user") or os.environ.get("USER", "postgres"))
-    listen = _free_port()
-    work = Path(tempfile.mkdtemp(prefix="tenantstore-bouncer-"))
-    # PgBouncer runs as another user, which may not reach the server's socket
-    # directory: it reaches the server through a TCP proxy of this process.
-    with tcp_proxy(clean_db) as proxy:
-        (work / "users.txt").write_text(f'"{user}" ""\n')
-        (work / "pgbouncer.ini").write_text(
-            "[databases]\n"
-            f"* = host=127.0.0.1 port={proxy.port}\n"
-            "[pgbouncer]\n"
-            f"listen_addr = 127.0.0.1\nlisten_port = {listen}\nunix_socket_dir =\n"
-            f"auth_type = trust\nauth_file = {work / 'users.txt'}\n"
-            "pool_mode = transaction\n"
-            "ignore_startup_parameters = extra_float_digits\n"
-            f"logfile = {work / 'pgbouncer.log'}\n"
-        )
-        command = [exe, str(work / "pgbouncer.ini")]
-        if os.geteuid() == 0:  # it refuses to run as root
-            shutil.chown(work, "postgres")
-            for child in work.iterdir():
-                shutil.chown(child, "postgres")
-            command[1:1] = ["-u", "postgres"]
-        proc = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        url = proxy.url(clean_db)
-        params = conninfo_to_dict(url)
-        params["port"] = str(listen)
-        url = make_conninfo("", **params)
-
-        def up() -> bool:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            try:
-                with psycopg.connect(url, autocommit=True, connect_timeout=2) as c:
-                    c.execute("SELECT 1")
-            except psycopg.OperationalError:
-                return False
-            return True
-
-        try:
-            wait_until(up, "pgbouncer accepts connections")
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(10)
-            if proc.stderr is not None:
-                proc.stderr.close()
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def test_a_transaction_pooler_that_drops_the_listen_is_detected(
-    clean_db: str, bouncer: str
-) -> None:
-    # The listener's LISTEN "succeeds" through the pooler, and a SELECT 1 would
-    # answer: only a notification from another session shows it is deaf.
-    key = generate_api_key()
-    with stack(clean_db, bouncer, connected=False) as one:
-        created = new_tenant(one.repo, key)
-        wait_until(lambda: one.listener.heartbeats_missed >= 2, "heartbeats fail")
-        assert not one.listener.connected
-        for _ in range(2):
-            one.cache.get_by_api_key(key)
-        assert one.cache.stats().hits == 0
-        set_enabled(clean_db, created.id, False)
-        assert found(one.cache, key) is None
 
 
 # -- a reconnect revalidates instead of expiring everything -------------------

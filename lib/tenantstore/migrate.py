@@ -47,6 +47,7 @@ from psycopg import sql
 from psycopg.errors import Diagnostic
 
 from ._oneshot import connect, first_line
+from ._pooler import SERVER_PID, behind_pooler, refused
 from .errors import InvalidInput, StoreUnavailable, TenantStoreError
 
 __all__ = [
@@ -299,8 +300,10 @@ def up(
     locks stayed busy through every retry, or a file fails
     (the version left dirty, the driver's error as ``__cause__``); `InvalidInput`
     for a `target` that is not an available version or lies below the current one,
-    or a bad `lock_timeout`/`lock_retries`; `StoreUnavailable` when the database is
-    unreachable.
+    a bad `lock_timeout`/`lock_retries`, or a `conninfo` that goes through a
+    connection pooler such as PgBouncer (the lock needs one session: give the
+    database's direct URL; nothing is done); `StoreUnavailable` when the database
+    is unreachable.
     """
     retry = _Retry.checked(lock_timeout, lock_retries)
     migrations = available(source)
@@ -898,6 +901,15 @@ def _take_advisory_locks(conn: _Conn, lock_ids: list[int]) -> None:
 def _locked(conninfo: str, retry: _Retry) -> Iterator[_Session]:
     with _connect(conninfo) as conn:
         with _translated():
+            row = conn.execute(SERVER_PID).fetchone()
+            if row is not None and behind_pooler(conn.info.backend_pid, row[0]):
+                # Its lock and lock_timeout would stay on one server connection
+                # and the migrations run on others.
+                raise refused(
+                    "migrations",
+                    "hold an advisory lock in one session for the whole run",
+                    "the migration runner (and `tenantstore migrate`)",
+                )
             database, schema = _names(conn)
             lock_ids = sorted(
                 {

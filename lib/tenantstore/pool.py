@@ -6,7 +6,9 @@ connections, 5 kept open, each replaced after 5 minutes) and hand out autocommit
 connections, so a single-statement read costs one round trip. Each connection is
 set up in one round trip (UTC, and the server-side `statement_timeout`), bounded by
 `connect_timeout`, and the pool's connection attempts are recorded so that a pool
-timeout can tell an unreachable database from a busy one (`_pgerrors`).
+timeout can tell an unreachable database from a busy one (`_pgerrors`). The same
+round trip tells a connection through a pooler such as PgBouncer (`_pooler`),
+which then prepares nothing and is left no session setting.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from ._acompat import AWatchdog, Watchdog
 from ._pgerrors import PoolHealth
+from ._pooler import behind_pooler, unprepared
 
 __all__ = ["TIMEOUT", "create_async_pool", "create_pool"]
 
@@ -36,9 +39,16 @@ TIMEOUT: Final = 5.0
 # server cancels a statement still running after the call's timeout, so a slow
 # (but alive) database fails with a plain StoreUnavailable and keeps its
 # connection, before the client-side deadline would shut a dead path down.
+# The same statement tells a connection through a pooler (`_pooler`): the server
+# compares its process id with the one the handshake gave the client and sets
+# statement_timeout only when they agree. Through a pooler the session setting
+# would land on whichever server connection ran it and stay there, for other
+# clients (TimeZone is one PgBouncer tracks per client and restores itself).
 _SETUP: Final = (
     "SELECT set_config('TimeZone', 'UTC', false),"
-    " set_config('statement_timeout', %s, false)"
+    " CASE WHEN pg_backend_pid() = %s"
+    " THEN set_config('statement_timeout', %s, false) END,"
+    " pg_backend_pid()"
 )
 
 _WATCHDOG: Final = Watchdog()
@@ -84,14 +94,14 @@ def _kwargs(
 def _configure(
     timeout: float, connect_timeout: float, health: PoolHealth
 ) -> Callable[[Connection[Any]], None]:
-    params = (_statement_timeout(timeout),)
+    setting = _statement_timeout(timeout)
 
     def configure(conn: Connection[Any]) -> None:
         # Bounded like any call: a path that froze after the handshake would
         # otherwise hold one of the pool's few workers forever.
         token = _WATCHDOG.arm(conn, connect_timeout)
         try:
-            conn.execute(_SETUP, params)
+            row = conn.execute(_SETUP, (conn.info.backend_pid, setting)).fetchone()
         except BaseException:
             _WATCHDOG.disarm(token)
             health.setup_failed()
@@ -101,6 +111,8 @@ def _configure(
             health.setup_failed()
             conn.close()
             raise psycopg.OperationalError("setting up a new connection took too long")
+        if row is not None and behind_pooler(conn.info.backend_pid, row[2]):
+            unprepared(conn)
         health.connected()
 
     return configure
@@ -109,12 +121,13 @@ def _configure(
 def _aconfigure(
     timeout: float, connect_timeout: float, health: PoolHealth
 ) -> Callable[[AsyncConnection[Any]], Any]:
-    params = (_statement_timeout(timeout),)
+    setting = _statement_timeout(timeout)
 
     async def configure(conn: AsyncConnection[Any]) -> None:
         token = _AWATCHDOG.arm(conn, connect_timeout)
         try:
-            await conn.execute(_SETUP, params)
+            cur = await conn.execute(_SETUP, (conn.info.backend_pid, setting))
+            row = await cur.fetchone()
         except BaseException:
             _AWATCHDOG.disarm(token)
             health.setup_failed()
@@ -124,6 +137,8 @@ def _aconfigure(
             health.setup_failed()
             await conn.close()
             raise psycopg.OperationalError("setting up a new connection took too long")
+        if row is not None and behind_pooler(conn.info.backend_pid, row[2]):
+            unprepared(conn)
         health.connected()
 
     return configure
@@ -147,6 +162,11 @@ def create_pool(
     take the same `timeout` by default. `connect_timeout` bounds each connection
     attempt (the handshake and the session setup). Connections get TCP keepalives
     unless `conninfo` sets them.
+
+    `conninfo` may go through a pooler in transaction mode (PgBouncer): each
+    connection tells at setup, and one through a pooler prepares no statement
+    (whatever a repository's `prepare`) and gets no `statement_timeout` (it would
+    stay on the pooler's server connection; the client-side bound still holds).
     """
     health = PoolHealth()
     pool = ConnectionPool(

@@ -34,6 +34,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from .. import _sql
 from .._acompat import AEvent, AWorker, aevent_wait, aspawn, astop_worker
 from .._cachestate import NOTHING, CacheState, Revalidation, parse_notification
+from .._pooler import SERVER_PID, behind_pooler, refused
 from .._rows import tenant_from_row
 from ..errors import InvalidInput
 from ..models import Tenant
@@ -214,6 +215,13 @@ class AsyncTenantCacheListener:
     (`connected` is False, `close()` does nothing) and its caches serve nothing as
     fresh until a listener started in that process is listening.
 
+    `conninfo` must reach PostgreSQL directly: through a pooler (PgBouncer) the
+    LISTEN would be left on whichever server connection ran it. A listener that
+    finds one in the way stops, logs why and raises `InvalidInput` (naming
+    ``conninfo``) from `wait_connected`; its caches serve nothing as fresh. Give it
+    the database's direct URL while the repositories' pool goes through the
+    pooler.
+
     `conninfo` gets TCP keepalives unless it sets them. Use it as a context
     manager, or call `start()` and `close()`.
     """
@@ -266,6 +274,7 @@ class AsyncTenantCacheListener:
         self._closing = False
         self._forked = False
         self._sessions = 0
+        self._refusal: InvalidInput | None = None  # set: stopped for good
         self.backend_pid: int | None = None
         """The server process id of the listening connection (None when down)."""
         self.reconnects = 0
@@ -286,11 +295,18 @@ class AsyncTenantCacheListener:
     def connected(self) -> bool:
         """True while it listens and its heartbeat comes back (its caches may
         serve fresh entries)."""
-        return not self._forked and self._connected.is_set()
+        return not self._forked and self._refusal is None and self._connected.is_set()
 
     async def wait_connected(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109  (as Event.wait)
-        """Wait until the listener is listening; False if `timeout` passed first."""
-        return await aevent_wait(self._connected, timeout)
+        """Wait until the listener is listening; False if `timeout` passed first.
+
+        Raises `InvalidInput` when the listener refused its `conninfo` (a pooler
+        stands between it and the server) and stopped.
+        """
+        connected = await aevent_wait(self._connected, timeout)
+        if self._refusal is not None:
+            raise self._refusal
+        return connected
 
     async def start(self) -> None:
         """Start listening in the background; returns at once (`wait_connected`).
@@ -341,6 +357,14 @@ class AsyncTenantCacheListener:
             sessions = self._sessions
             try:
                 await self._session()
+            except InvalidInput as exc:
+                # Through a pooler: trying again cannot help. `_connected` set
+                # wakes `wait_connected`, which raises it (`connected` stays
+                # False, and the caches suspended).
+                _log.error("tenant cache listener stopped: %s", exc)
+                self._refusal = exc
+                self._connected.set()
+                break
             except psycopg.Error as exc:
                 if not self._stop.is_set():
                     _log.warning(
@@ -373,6 +397,15 @@ class AsyncTenantCacheListener:
                 self._conn = conn
             if self._stop.is_set():
                 return
+            with self._watchdog():
+                cur = await conn.execute(SERVER_PID)
+                row = await cur.fetchone()
+            if row is not None and behind_pooler(conn.info.backend_pid, row[0]):
+                raise refused(
+                    "the listener",
+                    "holds LISTEN in one session",
+                    "the listener (`listen_url=` beside a pooled URL)",
+                )
             pinger = await AsyncConnection.connect(self._conninfo, autocommit=True)
             with self._watchdog():
                 await conn.execute(self._listen)
