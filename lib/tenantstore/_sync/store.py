@@ -78,8 +78,8 @@ class Store:
     """Everything a gateway needs from tenantstore, opened and closed together.
 
     Open it with `open(url)` (PostgreSQL) or `memory()`, and close it when the
-    application stops: `close()`, or use it as a context manager (`Store`:
-    `with`; `AsyncStore`: `async with`), either the store or its `open(...)`.
+    application stops: `close()`, or use it as a context manager (asynchronous
+    for `AsyncStore`), either the store itself or what `open(...)` returns.
 
     Its parts, by the same names on every variant:
 
@@ -151,14 +151,16 @@ class Store:
     ) -> Opening[Store]:
         """A store on the PostgreSQL database at `url` (a URL or conninfo).
 
-        `Store.open(url)` returns the store, a context manager; `AsyncStore`'s
-        must be awaited (`store = await AsyncStore.open(url)`) or entered
-        (`async with AsyncStore.open(url) as store`). `cache`, `listener`, `writer` and
-        `budgets` are True (the part, with its defaults), False (none), or a dict
-        of keyword options for that part's constructor (`cache={"ttl": 60}`,
-        `writer={"spool": path}`). The listener needs the cache; it connects to
-        `listen_url` if given, else to `url`: it must be a direct connection
-        (not through a transaction-pooling proxy). `cipher`, `prepare` and
+        `Store.open(url)` returns the store (a context manager); what
+        `AsyncStore.open(url)` returns is awaited for the store, or entered as an
+        asynchronous context manager (the store is closed on leaving it).
+
+        `cache`, `listener`, `writer` and `budgets` are True (the part, with its
+        defaults), False (none), or a dict of keyword options for that part's
+        constructor (`cache={"ttl": 60}`, `writer={"spool": path}`). The
+        listener needs the cache; it connects to `listen_url` if given, else to
+        `url`: it must be a direct connection (not through a transaction-pooling
+        proxy). `cipher`, `prepare` and
         `clock` go to every part that takes them; `min_size`, `max_size` and
         `timeout` to the pool (`create_pool`).
 
