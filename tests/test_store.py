@@ -200,6 +200,29 @@ def test_sync_close_writes_what_was_submitted_and_returns_leases(
     assert lease_rows(clean_db, created.id) == 0
 
 
+def test_a_failing_close_step_does_not_skip_the_later_ones(
+    clean_db: str, proxy: TcpProxy
+) -> None:
+    # The writer cannot write (the server is cut off), so its close times out
+    # with a record pending; the guard, the listener and the pool close anyway.
+    store = Store.open(proxy.url(clean_db), **SMALL)
+    assert store.writer is not None
+    assert store.budgets is not None
+    created = store.tenants.create(new_tenant("5.00")[0])
+    proxy.refuse()
+    proxy.cut()
+    store.writer.submit(record(created.id, "stranded"))
+    with pytest.raises(StoreUnavailable, match="not written"):
+        store.close(timeout=0.5)
+    assert store.pool is not None
+    assert store.pool.closed
+    assert store.listener is not None
+    assert not store.listener.connected
+    with pytest.raises(InvalidInput, match="closed"):
+        store.budgets.reserve(created, Decimal("0.01"))
+    store.close()  # closed already: nothing raised again
+
+
 def test_sync_parts_can_be_left_out_or_configured(clean_db: str) -> None:
     with Store.open(
         clean_db, cache=False, writer=False, budgets=False, **SMALL
