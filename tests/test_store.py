@@ -142,6 +142,9 @@ def test_sync_store_parts_work_end_to_end(clean_db: str) -> None:
 
         tenant, key = new_tenant("1.00")
         created = store.tenants.create(tenant)
+        listener = store.listener
+        # The create's own notification invalidates what is cached: let it land.
+        wait_until(lambda: listener.notifications >= 1, "the create is notified")
         assert store.tenants.get_by_api_key(key) == created
         assert store.tenants.get_by_api_key(key) == created  # from the cache
         assert isinstance(store.tenants, CachedTenantRepository)
