@@ -57,7 +57,7 @@ from tests.tcpproxy import TcpProxy, tcp_proxy
 
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 # Small pools and a short bound: a failed open gives up within seconds.
-SMALL: dict[str, Any] = {"min_size": 1, "max_size": 4, "timeout": 2.0}
+SMALL: dict[str, Any] = {"min_size": 1, "max_size": 4, "timeout": 3.0}
 
 
 def record(tenant_id: str, request_id: str, cost: str = "0.25") -> UsageRecord:
