@@ -14,6 +14,7 @@ from ._async.postgres import AsyncPostgresTenantRepository, AsyncPostgresUsageRe
 from ._async.writer import AsyncUsageWriter
 from ._budgetstate import BudgetAlert, BudgetStats, BudgetStatus
 from ._cachestate import CacheStats
+from ._listenerstate import ListenerStats
 from ._sync.admin import PostgresAdminUserRepository
 from ._sync.budget import BudgetGuard, Reservation
 from ._sync.cache import CachedTenantRepository
@@ -96,6 +97,7 @@ __all__ = [
     "InvalidCredentials",
     "InvalidInput",
     "KeyCipher",
+    "ListenerStats",
     "PostgresAdminUserRepository",
     "PostgresTenantRepository",
     "PostgresUsageRepository",
