@@ -36,6 +36,7 @@ from .. import _sql
 from .._acompat import Event, Worker, event_wait, spawn, stop_worker
 from .._cachestate import NOTHING, CacheState, Revalidation, parse_notification
 from .._listenerstate import ListenerStats
+from .._redact import redact_conninfo
 from .._rows import tenant_from_row
 from ..errors import InvalidInput
 from ..models import Tenant
@@ -251,6 +252,7 @@ class TenantCacheListener:
         self._conninfo = make_conninfo(
             "", **{**_CONNECTION_DEFAULTS, **conninfo_to_dict(conninfo)}
         )
+        self._where = redact_conninfo(self._conninfo)  # for logs: no password
         self._ping_channel = PING_CHANNEL + secrets.token_hex(8)
         # One statement, one backend: both LISTENs or neither.
         self._listen = sql.SQL("LISTEN {}; LISTEN {}").format(
@@ -382,7 +384,9 @@ class TenantCacheListener:
         self._loss_logged = True
         _log.log(
             level,
-            "tenant cache listener lost: " + what + "; caches expired, reconnecting",
+            "tenant cache listener lost (%s): " + what + "; caches expired, "
+            "reconnecting",
+            self._where,
             *args,
         )
 
@@ -465,8 +469,9 @@ class TenantCacheListener:
             self.reconnects += 1
         if self._lost_at is not None:
             _log.info(
-                "tenant cache listener listening again after %.1f s down "
+                "tenant cache listener listening again (%s) after %.1f s down "
                 "(reconnect %d)",
+                self._where,
                 time.monotonic() - self._lost_at,
                 self.reconnects,
             )
