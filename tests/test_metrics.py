@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -310,3 +311,10 @@ def test_metric_names_are_unique_and_well_formed() -> None:
         assert info.prometheus.startswith(f"tenantstore_{info.part}_")
         assert info.prometheus.endswith("_total") == (info.kind == "counter")
         assert info.opentelemetry.startswith(("tenantstore.", "db.client.connection."))
+
+
+def test_the_readme_lists_every_metric_by_name() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    for info in METRICS:
+        assert f"| `{info.prometheus}` | `{info.opentelemetry}` |" in section
