@@ -47,7 +47,11 @@ class MetricInfo:
     """One metric: the part that keeps it, its names, kind, unit and meaning.
 
     `prometheus` is the exposed name (a counter's samples end in `_total`),
-    `opentelemetry` the instrument's; `kind` is "counter" or "gauge".
+    `opentelemetry` the instrument's; `kind` is "counter" or "gauge"; `instrument`
+    the OpenTelemetry instrument ("counter", "up_down_counter" for a level that
+    adds up, "gauge" for one that does not); `label` the one label it has, if any
+    (the pool's connections by "state"); `scale` converts the part's figure
+    (milliseconds to seconds); `stat` names that figure in the part's stats.
     """
 
     part: str
@@ -57,8 +61,9 @@ class MetricInfo:
     kind: str
     unit: str
     description: str
-    scale: float = 1.0  # multiplies the part's figure (milliseconds to seconds)
-    shape: str = ""  # internal: how it is observed (see _GAUGE, _STATE, _FLAG)
+    instrument: str
+    label: str | None = None
+    scale: float = 1.0
 
 
 def _m(
@@ -72,7 +77,8 @@ def _m(
     otel: str | None = None,
     scale: float = 1.0,
 ) -> MetricInfo:
-    shape = kind
+    instrument = {_COUNTER: "counter", _FLAG: "gauge"}.get(kind, "up_down_counter")
+    label = "state" if kind == _STATE else None
     kind = _COUNTER if kind == _COUNTER else _GAUGE
     suffix = "_total" if kind == _COUNTER else ""
     return MetricInfo(
@@ -84,7 +90,8 @@ def _m(
         unit=unit,
         description=description,
         scale=scale,
-        shape=shape,
+        instrument=instrument,
+        label=label,
     )
 
 
@@ -554,7 +561,7 @@ class TenantStoreCollector:
                     continue
                 family = self._family(info)
                 value = read(info.stat)
-                if info.shape == _STATE:
+                if info.label is not None:
                     for state, count in value.items():
                         family.add_metric([state], float(count))
                 else:
@@ -562,7 +569,7 @@ class TenantStoreCollector:
                 yield family
 
     def _family(self, info: MetricInfo) -> Any:
-        labels = ["state"] if info.shape == _STATE else []
+        labels = [] if info.label is None else [info.label]
         if info.kind == _COUNTER:
             return self._core.CounterMetricFamily(
                 info.prometheus, info.description, labels=labels
@@ -610,9 +617,9 @@ def instrument(
         obj = parts.get(_owner(info))
         if obj is None:
             continue
-        if info.shape == _COUNTER:
+        if info.instrument == "counter":
             create = meter.create_observable_counter
-        elif info.shape == _FLAG:
+        elif info.instrument == "gauge":
             create = meter.create_observable_gauge
         else:
             create = meter.create_observable_up_down_counter
@@ -647,7 +654,7 @@ def _callback(
 
     def observe(options: Any) -> Iterable[Any]:
         value = _read(info.part, obj)(info.stat)
-        if info.shape == _STATE:
+        if info.label is not None:
             return [
                 Observation(count, {**attributes, "db.client.connection.state": state})
                 for state, count in value.items()
