@@ -15,6 +15,7 @@ from ._async.store import AsyncStore
 from ._async.writer import AsyncUsageWriter
 from ._budgetstate import BudgetAlert, BudgetStats, BudgetStatus
 from ._cachestate import CacheStats
+from ._listenerstate import ListenerStats
 from ._storestate import PartHealth, StoreHealth
 from ._sync.admin import PostgresAdminUserRepository
 from ._sync.budget import BudgetGuard, Reservation
@@ -100,6 +101,7 @@ __all__ = [
     "InvalidCredentials",
     "InvalidInput",
     "KeyCipher",
+    "ListenerStats",
     "PartHealth",
     "PostgresAdminUserRepository",
     "PostgresTenantRepository",

@@ -40,7 +40,7 @@ from .validation import usage_for_write
 
 __all__ = ["FSYNC_INTERVAL", "Spool", "decode", "encode"]
 
-_log = logging.getLogger("tenantstore")
+_log = logging.getLogger("tenantstore.writer")
 
 FSYNC_INTERVAL: Final = 1.0
 # Each segment file is this big (sparse until written); a full one is closed and

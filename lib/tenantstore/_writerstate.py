@@ -36,7 +36,12 @@ __all__ = [
     "report_rejected",
 ]
 
-_log = logging.getLogger("tenantstore")
+_log = logging.getLogger("tenantstore.writer")
+
+# The backlog is logged (WARNING) when pending records reach these percentages of
+# max_pending, once per crossing: a mark is armed again only once the backlog
+# fell under half of it, so a backlog hovering at a mark does not log each batch.
+BACKLOG_MARKS: Final = (50, 90)
 
 # Retry delays after a failed batch: exponential from BACKOFF_FIRST to BACKOFF_MAX
 # seconds, each drawn uniformly from its upper half ("equal jitter"), so that
@@ -85,9 +90,12 @@ class WriterQueue:
     """Submitted records in order, the batch being written, and the counters."""
 
     __slots__ = (
+        "_backlog",
         "_clock",
         "_done",
         "_lock",
+        "_marks",
+        "_next_mark",
         "_queue",
         "_spool",
         "_wake",
@@ -137,6 +145,9 @@ class WriterQueue:
         self.closed = False
         self.submitted = self.written = self.duplicates = self.rejected = 0
         self.batches = self.retries = 0
+        self._marks = tuple(max(1, max_pending * p // 100) for p in BACKLOG_MARKS)
+        self._backlog = 0  # how many marks the backlog is past
+        self._next_mark = self._marks[0]
         if spool is not None:
             self._queue.extend(spool.pending)
             self.submitted = len(self._queue)
@@ -165,6 +176,22 @@ class WriterQueue:
             pending = len(queue)
             if pending == 1:
                 self.oldest = time.monotonic()
+            crossed = 0
+            if pending + self.in_flight >= self._next_mark:
+                crossed = pending + self.in_flight
+                self._backlog += 1
+                mark = BACKLOG_MARKS[self._backlog - 1]
+                marks = self._marks
+                self._next_mark = (
+                    marks[self._backlog] if self._backlog < len(marks) else 1 << 62
+                )
+        if crossed:
+            _log.warning(
+                "usage writer backlog: %d of max_pending %d records pending (%d%%)",
+                crossed,
+                self.max_pending,
+                mark,
+            )
         # Wake the flusher only for a full batch (due at once): an idle flusher
         # looks every max_delay by itself, so a record is still written within
         # max_delay, and submit spares a thread switch (and, in the sync writer,
@@ -231,6 +258,9 @@ class WriterQueue:
             self.in_flight = 0
             if self._spool is not None:
                 self._spool.acknowledge(len(batch))
+            drained = self._backlog and self._rearm()
+        if drained:
+            _log.info("usage writer backlog drained: %d pending", len(self._queue))
         return rejected
 
     def _take_done(
@@ -245,6 +275,16 @@ class WriterQueue:
             position, callback = pending.popleft()
             done.append((callback, outcomes[position - first]))
         return done
+
+    def _rearm(self) -> bool:
+        """Re-arm the marks the backlog fell well under; True when none is left
+        crossed (under the lock)."""
+        pending = len(self._queue)
+        marks = self._marks
+        while self._backlog and pending < marks[self._backlog - 1] // 2:
+            self._backlog -= 1
+            self._next_mark = marks[self._backlog]
+        return not self._backlog
 
     def stats(self) -> UsageWriterStats:
         with self._lock:

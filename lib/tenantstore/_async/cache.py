@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -29,6 +30,8 @@ from ..validation import is_key_hash
 from .protocols import AsyncTenantRepository
 
 __all__ = ["AsyncCachedTenantRepository"]
+
+_log = logging.getLogger("tenantstore.cache")
 
 # Bound once: the hit path pays for a global load and a call, nothing more.
 _sha256: Final = hashlib.sha256
@@ -123,6 +126,10 @@ class AsyncCachedTenantRepository:
         clock: Clock | None = None,
     ) -> None:
         self.inner = inner
+        # True from the first stale serve until the store answers again: one
+        # WARNING per outage, not one per request served stale.
+        self._serving_stale = False
+        self._stale_if_error = stale_if_error
         # How long a caller waits on a lookup another caller leads. The leader is
         # bounded by the inner repository (a PostgreSQL one answers or fails within
         # about 2 x its `timeout` + 1 s: the pool wait, then the statement); a
@@ -221,6 +228,13 @@ class AsyncCachedTenantRepository:
             stale = state.stale(key)
             if stale is None:
                 raise
+            if not self._serving_stale:
+                self._serving_stale = True
+                _log.warning(
+                    "tenant cache: the database is unreachable; serving expired "
+                    "entries for up to %g s (stale_if_error) until it answers",
+                    self._stale_if_error,
+                )
             return stale
 
     def _new_flight(self, fill: Fill[AFlight[Tenant]]) -> AFlight[Tenant]:
@@ -240,12 +254,19 @@ class AsyncCachedTenantRepository:
             tenant = await self.inner.get_by_api_key_hash(fill.key)
         except TenantNotFound:
             state.finish_missing(fill)
+            self._answered()
             raise
         except BaseException:
             state.abandon(fill)
             raise
         state.finish(fill, tenant)
+        self._answered()
         return tenant
+
+    def _answered(self) -> None:
+        if self._serving_stale:
+            self._serving_stale = False
+            _log.info("tenant cache: the database answers again; stale serves ended")
 
     # -- pass-through reads ------------------------------------------------------
 

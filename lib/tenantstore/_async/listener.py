@@ -34,7 +34,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from .. import _sql
 from .._acompat import AEvent, AWorker, aevent_wait, aspawn, astop_worker
 from .._cachestate import NOTHING, CacheState, Revalidation, parse_notification
+from .._listenerstate import ListenerStats
 from .._pooler import SERVER_PID, behind_pooler, refused
+from .._redact import redact_conninfo
 from .._rows import tenant_from_row
 from ..errors import InvalidInput
 from ..models import Tenant
@@ -44,7 +46,7 @@ __all__ = ["CHANNEL", "AsyncTenantCacheListener"]
 
 CHANNEL: Final = "tenantstore_tenants"
 
-_log = logging.getLogger("tenantstore")
+_log = logging.getLogger("tenantstore.listener")
 
 # Applied unless the conninfo says otherwise. An idle LISTEN connection sends
 # nothing, so without TCP keepalives a silent network failure (a dead host, a
@@ -257,6 +259,7 @@ class AsyncTenantCacheListener:
         self._conninfo = make_conninfo(
             "", **{**_CONNECTION_DEFAULTS, **conninfo_to_dict(conninfo)}
         )
+        self._where = redact_conninfo(self._conninfo)  # for logs: no password
         self._ping_channel = PING_CHANNEL + secrets.token_hex(8)
         # One statement, one backend: both LISTENs or neither.
         self._listen = sql.SQL("LISTEN {}; LISTEN {}").format(
@@ -275,6 +278,10 @@ class AsyncTenantCacheListener:
         self._forked = False
         self._sessions = 0
         self._refusal: InvalidInput | None = None  # set: stopped for good
+        # When it stopped listening (None: listening, or never was), and whether
+        # that loss was logged: one WARNING per loss, not one per failed attempt.
+        self._lost_at: float | None = None
+        self._loss_logged = False
         self.backend_pid: int | None = None
         """The server process id of the listening connection (None when down)."""
         self.reconnects = 0
@@ -296,6 +303,18 @@ class AsyncTenantCacheListener:
         """True while it listens and its heartbeat comes back (its caches may
         serve fresh entries)."""
         return not self._forked and self._refusal is None and self._connected.is_set()
+
+    def stats(self) -> ListenerStats:
+        """A snapshot of its state and counters (see `ListenerStats`)."""
+        return ListenerStats(
+            connected=self.connected,
+            reconnects=self.reconnects,
+            notifications=self.notifications,
+            heartbeats=self.heartbeats,
+            heartbeats_missed=self.heartbeats_missed,
+            revalidations=self.revalidations,
+            revalidation_dropped=self.revalidation_dropped,
+        )
 
     async def wait_connected(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109  (as Event.wait)
         """Wait until the listener is listening; False if `timeout` passed first.
@@ -367,17 +386,10 @@ class AsyncTenantCacheListener:
                 break
             except psycopg.Error as exc:
                 if not self._stop.is_set():
-                    _log.warning(
-                        "tenant cache listener: connection failed or lost (%s); "
-                        "caches expired, reconnecting",
-                        type(exc).__name__,
-                    )
+                    self._log_loss("connection failed or lost (%s)", type(exc).__name__)
             except ListenerLost as exc:
                 self.heartbeats_missed += 1
-                _log.warning(
-                    "tenant cache listener lost: %s; caches expired, reconnecting",
-                    exc,
-                )
+                self._log_loss("%s", exc)
             except Exception:
                 # A bug, not an outage: log it and carry on listening.
                 _log.exception("tenant cache listener: unexpected error")
@@ -387,6 +399,19 @@ class AsyncTenantCacheListener:
                 delay = low  # it was listening: retry quickly first
             await aevent_wait(self._stop, random.uniform(delay / 2, delay))
             delay = min(delay * 2, high)
+
+    def _log_loss(self, what: str, *args: object) -> None:
+        # The first failure of an outage is a WARNING; the attempts that fail
+        # after it, until the listener listens again, are DEBUG.
+        level = logging.DEBUG if self._loss_logged else logging.WARNING
+        self._loss_logged = True
+        _log.log(
+            level,
+            "tenant cache listener lost (%s): " + what + "; caches expired, "
+            "reconnecting",
+            self._where,
+            *args,
+        )
 
     async def _session(self) -> None:
         conn = await AsyncConnection.connect(self._conninfo, autocommit=True)
@@ -474,6 +499,16 @@ class AsyncTenantCacheListener:
         self._sessions += 1
         if self._sessions > 1:
             self.reconnects += 1
+        if self._lost_at is not None:
+            _log.info(
+                "tenant cache listener listening again (%s) after %.1f s down "
+                "(reconnect %d)",
+                self._where,
+                time.monotonic() - self._lost_at,
+                self.reconnects,
+            )
+        self._lost_at = None
+        self._loss_logged = False
         for state, revalidation in zip(self._states, revalidations, strict=True):
             self.revalidation_dropped += state.resume(revalidation, rows)
         self._connected.set()
@@ -484,6 +519,7 @@ class AsyncTenantCacheListener:
             state.suspend()
         self._connected.clear()
         self.backend_pid = None
+        self._lost_at = time.monotonic()
 
     def _apply(self, payload: str) -> None:
         change = parse_notification(payload)

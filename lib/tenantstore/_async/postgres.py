@@ -10,6 +10,7 @@ lookup that cannot match (a malformed id or hash) answers without a query.
 from __future__ import annotations
 
 import builtins
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, timedelta
@@ -100,6 +101,8 @@ def _not_found() -> TenantNotFound:
 def _modified() -> StaleVersion:
     return StaleVersion(MODIFIED)
 
+
+_log = logging.getLogger("tenantstore.postgres")
 
 # What `_run` returns: the first row, all rows, or the number of rows affected.
 ONE: Final = 0
@@ -213,6 +216,7 @@ class _AsyncPostgres:
                 if again and not lost and isinstance(exc, RETRY_ONCE):
                     # Refused before anything was done: safe to try again.
                     again = False
+                    _log.info("postgres: %s, retrying once", type(exc).__name__)
                     if isinstance(exc, STALE_PLAN) and await self._deallocate(conn):
                         continue  # on the same connection, now without stale plans
                     await conn.close()
@@ -227,6 +231,10 @@ class _AsyncPostgres:
                 conn = None
                 if lost and not fired and retry:
                     retry = False
+                    _log.warning(
+                        "postgres: connection lost (%s), retrying once on another",
+                        type(exc).__name__,
+                    )
                     continue
                 raise translate_error(
                     exc, lost=lost, deadline=self._deadline if fired else None

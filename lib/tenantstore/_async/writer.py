@@ -37,7 +37,7 @@ from .protocols import AsyncUsageRepository
 
 __all__ = ["AsyncUsageWriter"]
 
-_log = logging.getLogger("tenantstore")
+_log = logging.getLogger("tenantstore.writer")
 
 # How long a close whose flush failed waits for a write in progress to return.
 _ABORT_GRACE: Final = 1.0

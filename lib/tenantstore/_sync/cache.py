@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -30,6 +31,8 @@ from ..validation import is_key_hash
 from .protocols import TenantRepository
 
 __all__ = ["CachedTenantRepository"]
+
+_log = logging.getLogger("tenantstore.cache")
 
 # Bound once: the hit path pays for a global load and a call, nothing more.
 _sha256: Final = hashlib.sha256
@@ -124,6 +127,10 @@ class CachedTenantRepository:
         clock: Clock | None = None,
     ) -> None:
         self.inner = inner
+        # True from the first stale serve until the store answers again: one
+        # WARNING per outage, not one per request served stale.
+        self._serving_stale = False
+        self._stale_if_error = stale_if_error
         # How long a caller waits on a lookup another caller leads. The leader is
         # bounded by the inner repository (a PostgreSQL one answers or fails within
         # about 2 x its `timeout` + 1 s: the pool wait, then the statement); a
@@ -222,6 +229,13 @@ class CachedTenantRepository:
             stale = state.stale(key)
             if stale is None:
                 raise
+            if not self._serving_stale:
+                self._serving_stale = True
+                _log.warning(
+                    "tenant cache: the database is unreachable; serving expired "
+                    "entries for up to %g s (stale_if_error) until it answers",
+                    self._stale_if_error,
+                )
             return stale
 
     def _new_flight(self, fill: Fill[Flight[Tenant]]) -> Flight[Tenant]:
@@ -241,12 +255,19 @@ class CachedTenantRepository:
             tenant = self.inner.get_by_api_key_hash(fill.key)
         except TenantNotFound:
             state.finish_missing(fill)
+            self._answered()
             raise
         except BaseException:
             state.abandon(fill)
             raise
         state.finish(fill, tenant)
+        self._answered()
         return tenant
+
+    def _answered(self) -> None:
+        if self._serving_stale:
+            self._serving_stale = False
+            _log.info("tenant cache: the database answers again; stale serves ended")
 
     # -- pass-through reads ------------------------------------------------------
 
