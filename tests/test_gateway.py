@@ -34,6 +34,7 @@ from tenantstore import (
     hash_api_key,
 )
 from tests.polling import DEADLINE, wait_until
+from tests.tcpproxy import tcp_proxy
 
 ROOT = Path(__file__).resolve().parents[1]
 _PATH = f"{ROOT / 'lib'}{os.pathsep}{ROOT}"  # this checkout's tenantstore, examples
@@ -273,3 +274,32 @@ def test_usage_adds_up_once_the_gateway_stops(
         assert sum(d.records for d in days) == len(request_ids)
         assert sum(d.input_tokens for d in days) == 10 * len(request_ids)
         assert sum(d.output_tokens for d in days) == 20 * len(request_ids)
+
+
+def test_a_store_that_cannot_answer_is_503(
+    clean_db: str, pool: ConnectionPool, upstream: Server
+) -> None:
+    _, key = make_tenant(pool, budget_usd=Decimal("10"))
+    with tcp_proxy(clean_db) as proxy:
+        # The pool goes through the proxy; the listener has a direct URL.
+        env = {
+            "DATABASE_URL": proxy.url(clean_db),
+            "LISTEN_URL": clean_db,
+            "UPSTREAM_URL": upstream.url,
+        }
+        server = Server("examples.gateway:app", env)
+        try:
+            with httpx.Client(base_url=server.url, timeout=DEADLINE) as client:
+                proxy.refuse()
+                proxy.cut()
+                # Not cached: the lookup needs the database.
+                assert_error(chat(client, key), 503, "service unavailable")
+                assert client.get("/health").status_code == 503
+                proxy.passthrough()
+                wait_until(
+                    lambda: chat(client, key).status_code == 200,
+                    "the gateway answers again",
+                )
+                assert client.get("/health").status_code == 200
+        finally:
+            server.terminate()
