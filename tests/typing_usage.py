@@ -23,6 +23,7 @@ from tenantstore import (
     AsyncPostgresAdminUserRepository,
     AsyncPostgresTenantRepository,
     AsyncPostgresUsageRepository,
+    AsyncStore,
     AsyncTenantRepository,
     AsyncUsageRepository,
     AuditEvent,
@@ -39,6 +40,8 @@ from tenantstore import (
     PostgresTenantRepository,
     PostgresUsageRepository,
     StaleVersion,
+    Store,
+    StoreHealth,
     StoreUnavailable,
     SystemClock,
     Tenant,
@@ -287,3 +290,29 @@ async def async_postgres_admins(conninfo: str) -> AsyncAdminUserRepository:
     memory: AsyncAdminUserRepository = AsyncInMemoryAdminUserRepository()
     del memory
     return AsyncPostgresAdminUserRepository(pool)
+
+
+def store_gateway(conninfo: str, api_key: str) -> bool:
+    """Type-checked only: `Store.open` is the store, a context manager."""
+    with Store.open(conninfo, writer={"max_delay": 0.01}) as store:
+        tenant: Tenant = store.tenants.get_by_api_key(api_key)
+        if store.writer is not None:
+            store.writer.submit(
+                UsageRecord(
+                    tenant_id=tenant.id, request_id="r", model="m", provider="p"
+                )
+            )
+        health: StoreHealth = store.health()
+        return health.ok
+
+
+async def async_store_gateway(conninfo: str, api_key: str) -> bool:
+    """Type-checked only: `AsyncStore.open` is awaited, or entered."""
+    store: AsyncStore = await AsyncStore.open(conninfo, cache={"ttl": 60})
+    async with store:
+        await store.tenants.get_by_api_key(api_key)
+    async with AsyncStore.open(conninfo) as entered:
+        health: StoreHealth = await entered.health()
+    memory: AsyncStore = AsyncStore.memory()
+    await memory.close()
+    return health.ok

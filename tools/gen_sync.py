@@ -54,6 +54,12 @@ RENAMES = {
     "AsyncReservation": "Reservation",
     "_AsyncPostgresBook": "_PostgresBook",
     "_AsyncMemoryBook": "_MemoryBook",
+    "AsyncStore": "Store",
+    "AOpening": "Opening",
+    "aopening": "opening",
+    "AsyncInMemoryTenantRepository": "InMemoryTenantRepository",
+    "AsyncInMemoryUsageRepository": "InMemoryUsageRepository",
+    "AsyncInMemoryAdminUserRepository": "InMemoryAdminUserRepository",
 }
 
 

@@ -11,14 +11,17 @@ from ._async.budget import AsyncBudgetGuard, AsyncReservation
 from ._async.cache import AsyncCachedTenantRepository
 from ._async.listener import AsyncTenantCacheListener
 from ._async.postgres import AsyncPostgresTenantRepository, AsyncPostgresUsageRepository
+from ._async.store import AsyncStore
 from ._async.writer import AsyncUsageWriter
 from ._budgetstate import BudgetAlert, BudgetStats, BudgetStatus
 from ._cachestate import CacheStats
+from ._storestate import PartHealth, StoreHealth
 from ._sync.admin import PostgresAdminUserRepository
 from ._sync.budget import BudgetGuard, Reservation
 from ._sync.cache import CachedTenantRepository
 from ._sync.listener import TenantCacheListener
 from ._sync.postgres import PostgresTenantRepository, PostgresUsageRepository
+from ._sync.store import Store
 from ._sync.writer import UsageWriter
 from ._writerstate import UsageWriterStats
 from .audit import AuditChange, AuditEvent, acting_as
@@ -73,6 +76,7 @@ __all__ = [
     "AsyncPostgresTenantRepository",
     "AsyncPostgresUsageRepository",
     "AsyncReservation",
+    "AsyncStore",
     "AsyncTenantCacheListener",
     "AsyncTenantRepository",
     "AsyncUsageRepository",
@@ -96,12 +100,15 @@ __all__ = [
     "InvalidCredentials",
     "InvalidInput",
     "KeyCipher",
+    "PartHealth",
     "PostgresAdminUserRepository",
     "PostgresTenantRepository",
     "PostgresUsageRepository",
     "RecordOutcome",
     "Reservation",
     "StaleVersion",
+    "Store",
+    "StoreHealth",
     "StoreUnavailable",
     "SystemClock",
     "Tenant",

@@ -12,9 +12,11 @@ import math
 import os
 import socket
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Generator
+from contextlib import AbstractAsyncContextManager
 from time import monotonic
-from typing import Any, Final, Generic, TypeVar, cast
+from types import TracebackType
+from typing import Annotated, Any, Final, Generic, TypeVar, cast
 
 import psycopg
 
@@ -24,19 +26,23 @@ __all__ = [
     "AEvent",
     "AFlight",
     "ALock",
+    "AOpening",
     "AWatchdog",
     "AWorker",
     "Event",
     "Flight",
     "Lock",
+    "Opening",
     "Watchdog",
     "Worker",
     "aevent_wait",
     "aoffload",
+    "aopening",
     "aspawn",
     "astop_worker",
     "event_wait",
     "offload",
+    "opening",
     "spawn",
     "stop_worker",
 ]
@@ -102,6 +108,56 @@ async def aoffload(call: Callable[..., T], *args: Any) -> T:
     """Run a CPU-bound call (a bcrypt hash) on a worker thread: the event loop
     keeps serving while it runs (bcrypt releases the GIL)."""
     return await asyncio.to_thread(call, *args)
+
+
+# -- opening: `Store.open(...)` / `await AsyncStore.open(...)` ---------------------
+#
+# The sync `open` returns the opened object itself (a context manager already);
+# the async one must be awaited, or entered: `async with AsyncStore.open(url)`.
+
+Opened = TypeVar("Opened", bound=AbstractAsyncContextManager[Any])
+
+Opening = Annotated[T, "opened"]
+"""The sync twin of `AOpening[T]`: `T` itself."""
+
+
+def opening(opened: T) -> T:
+    """The sync twin of `aopening`: what was opened, as it is."""
+    return opened
+
+
+class AOpening(Generic[Opened]):
+    """An opening in progress: `await` it for the opened object, or use it as an
+    async context manager (`async with X.open(...) as x`: closed on exit)."""
+
+    __slots__ = ("_coro", "_opened")
+
+    def __init__(self, coro: Coroutine[Any, Any, Opened]) -> None:
+        self._coro = coro
+        self._opened: Opened | None = None
+
+    def __await__(self) -> Generator[Any, None, Opened]:
+        return self._coro.__await__()
+
+    async def __aenter__(self) -> Opened:
+        self._opened = opened = await self._coro
+        entered: Opened = await opened.__aenter__()
+        return entered
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            await opened.__aexit__(exc_type, exc, tb)
+
+
+def aopening(coro: Coroutine[Any, Any, Opened]) -> AOpening[Opened]:
+    """`coro` (which opens something) as an `AOpening`: awaitable or enterable."""
+    return AOpening(coro)
 
 
 _NO_OUTCOME: Final = (

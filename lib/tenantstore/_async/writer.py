@@ -73,6 +73,9 @@ class _AsyncWriterCore:
         self.interrupt = AEvent()  # cuts a backoff short when giving up
         self.abort = False  # give up on what is pending (a close that timed out)
         self.closed = False
+        # When the batch being written first failed (monotonic); None while
+        # writes succeed. What `Store.health()` calls an outage.
+        self.failing_since: float | None = None
 
     async def run(self) -> None:
         queue = self.queue
@@ -108,6 +111,8 @@ class _AsyncWriterCore:
             except Exception as exc:
                 attempt += 1
                 self.queue.retries += 1
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
                 if attempt % _LOG_EVERY == 1:
                     _log.warning(
                         "usage writer: a batch of %d record(s) failed (%s), "
@@ -123,6 +128,7 @@ class _AsyncWriterCore:
                 if self.aborted():  # `close` gave up while we waited
                     return
                 continue
+            self.failing_since = None
             rejected = self.queue.settle(batch, outcomes)
             if rejected:
                 report_rejected(rejected, self.on_rejected)

@@ -74,6 +74,9 @@ class _WriterCore:
         self.interrupt = Event()  # cuts a backoff short when giving up
         self.abort = False  # give up on what is pending (a close that timed out)
         self.closed = False
+        # When the batch being written first failed (monotonic); None while
+        # writes succeed. What `Store.health()` calls an outage.
+        self.failing_since: float | None = None
 
     def run(self) -> None:
         queue = self.queue
@@ -109,6 +112,8 @@ class _WriterCore:
             except Exception as exc:
                 attempt += 1
                 self.queue.retries += 1
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
                 if attempt % _LOG_EVERY == 1:
                     _log.warning(
                         "usage writer: a batch of %d record(s) failed (%s), "
@@ -124,6 +129,7 @@ class _WriterCore:
                 if self.aborted():  # `close` gave up while we waited
                     return
                 continue
+            self.failing_since = None
             rejected = self.queue.settle(batch, outcomes)
             if rejected:
                 report_rejected(rejected, self.on_rejected)

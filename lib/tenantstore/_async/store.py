@@ -1,0 +1,448 @@
+"""The one object a gateway imports: the pool, the repositories, the cache and its
+listener, the usage writer and the budget guard, opened and closed together.
+
+`AsyncStore.open(url)` builds the PostgreSQL parts, proves the database answers and
+the listener listens before it returns, and closes whatever it opened when it
+fails; `AsyncStore.memory()` builds the in-memory parts. `close()` takes them down
+in the order that loses nothing: no more usage is taken, what was submitted is
+written, leased budget shares go back, the listener stops, the pool closes. The
+health report and its rules are `_storestate`'s (shared with the sync twin).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import TracebackType
+from typing import Any, Final
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from .._acompat import AOpening, aopening
+from .._storestate import (
+    HEALTH_TIMEOUT,
+    Part,
+    PartHealth,
+    StoreHealth,
+    database_health,
+    describe_url,
+    listener_health,
+    part_options,
+    pool_health,
+    writer_health,
+)
+from ..cipher import KeyCipher
+from ..clock import Clock
+from ..errors import (
+    DatabaseUnreachable,
+    InvalidInput,
+    StoreUnavailable,
+    TenantStoreError,
+)
+from ..memory import (
+    AsyncInMemoryAdminUserRepository,
+    AsyncInMemoryTenantRepository,
+    AsyncInMemoryUsageRepository,
+)
+from ..pool import MAX_SIZE, MIN_SIZE, TIMEOUT, create_async_pool
+from .admin import AsyncPostgresAdminUserRepository
+from .budget import AsyncBudgetGuard
+from .cache import AsyncCachedTenantRepository
+from .listener import AsyncTenantCacheListener
+from .postgres import (
+    ONE,
+    AsyncPostgresTenantRepository,
+    AsyncPostgresUsageRepository,
+    _AsyncPostgres,
+)
+from .protocols import (
+    AsyncAdminUserRepository,
+    AsyncTenantRepository,
+    AsyncUsageRepository,
+)
+from .writer import AsyncUsageWriter
+
+__all__ = ["AsyncStore"]
+
+_log = logging.getLogger("tenantstore")
+
+CLOSE_TIMEOUT: Final = 10.0
+"""How long `close()` waits, by default, for the writer to write what is pending."""
+
+_PING: Final = "SELECT 1"
+
+
+class AsyncStore:
+    """Everything a gateway needs from tenantstore, opened and closed together.
+
+    Open it with `open(url)` (PostgreSQL) or `memory()`, and close it when the
+    application stops: `close()`, or use it as a context manager (asynchronous
+    for `AsyncStore`), either the store itself or what `open(...)` returns.
+
+    Its parts, by the same names on every variant:
+
+    - `tenants`: the tenant repository, behind the key cache
+      (`CachedTenantRepository`) unless opened with `cache=False`;
+    - `usage`: the usage repository;
+    - `writer`: the `UsageWriter` over `usage` (None with `writer=False`);
+    - `budgets`: the `BudgetGuard` (None with `budgets=False`);
+    - `admins`: the admin-user repository;
+    - `listener`: the cache's `TenantCacheListener` (None in memory, or
+      without a cache);
+    - `pool`: the psycopg_pool pool every PostgreSQL part shares (None in memory).
+
+    (`AsyncStore`'s parts are the `Async` twins.) `health()` says whether each
+    part is healthy. The constructor takes parts already made, for an
+    application that builds its own: the store owns them, `close()` closes them.
+    """
+
+    __module__ = "tenantstore"
+
+    def __init__(
+        self,
+        *,
+        tenants: AsyncTenantRepository,
+        usage: AsyncUsageRepository,
+        admins: AsyncAdminUserRepository,
+        writer: AsyncUsageWriter | None = None,
+        budgets: AsyncBudgetGuard | None = None,
+        listener: AsyncTenantCacheListener | None = None,
+        pool: AsyncConnectionPool | None = None,
+        health_timeout: float = HEALTH_TIMEOUT,
+    ) -> None:
+        self.tenants = tenants
+        self.usage = usage
+        self.admins = admins
+        self.writer = writer
+        self.budgets = budgets
+        self.listener = listener
+        self.pool = pool
+        # The health check's own bound, shorter than the repositories'.
+        self._probe = (
+            None if pool is None else _AsyncPostgres(pool, None, False, health_timeout)
+        )
+        self._closed = False
+
+    def __repr__(self) -> str:
+        where = "in memory" if self.pool is None else f"pool {self.pool.name!r}"
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {where} {state}>"
+
+    # -- opening ----------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        cache: Part = True,
+        listener: Part = True,
+        writer: Part = True,
+        budgets: Part = True,
+        cipher: KeyCipher | None = None,
+        listen_url: str | None = None,
+        prepare: bool = True,
+        clock: Clock | None = None,
+        min_size: int = MIN_SIZE,
+        max_size: int = MAX_SIZE,
+        timeout: float = TIMEOUT,
+    ) -> AOpening[AsyncStore]:
+        """A store on the PostgreSQL database at `url` (a URL or conninfo).
+
+        `Store.open(url)` returns the store (a context manager); what
+        `AsyncStore.open(url)` returns is awaited for the store, or entered as an
+        asynchronous context manager (the store is closed on leaving it).
+
+        `cache`, `listener`, `writer` and `budgets` are True (the part, with its
+        defaults), False (none), or a dict of keyword options for that part's
+        constructor (`cache={"ttl": 60}`, `writer={"spool": path}`). The
+        listener needs the cache; it connects to `listen_url` if given, else to
+        `url`: it must be a direct connection (not through a transaction-pooling
+        proxy). `cipher`, `prepare` and
+        `clock` go to every part that takes them; `min_size`, `max_size` and
+        `timeout` to the pool (`create_pool`).
+
+        Returns once the database answered and the listener listens, each within
+        `timeout` seconds; else raises `DatabaseUnreachable` (or
+        `StoreUnavailable`), having closed everything it opened.
+        """
+        return aopening(
+            cls._open(
+                url,
+                cache=cache,
+                listener=listener,
+                writer=writer,
+                budgets=budgets,
+                cipher=cipher,
+                listen_url=listen_url,
+                prepare=prepare,
+                clock=clock,
+                min_size=min_size,
+                max_size=max_size,
+                timeout=timeout,
+            )
+        )
+
+    @classmethod
+    async def _open(
+        cls,
+        url: str,
+        *,
+        cache: Part,
+        listener: Part,
+        writer: Part,
+        budgets: Part,
+        cipher: KeyCipher | None,
+        listen_url: str | None,
+        prepare: bool,
+        clock: Clock | None,
+        min_size: int,
+        max_size: int,
+        timeout: float,  # noqa: ASYNC109  (the pool's call bound)
+    ) -> AsyncStore:
+        cache_options = part_options("cache", cache)
+        listener_options = _listener_options(listener, cache_options)
+        writer_options = part_options("writer", writer)
+        budget_options = part_options("budgets", budgets)
+        for name, value in (("url", url), ("listen_url", listen_url)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidInput(name, "must be a PostgreSQL URL or conninfo string")
+        try:
+            pool = await create_async_pool(
+                url, min_size=min_size, max_size=max_size, timeout=timeout
+            )
+        except psycopg.ProgrammingError:
+            # From None: the driver's message may quote the URL, password and all.
+            raise InvalidInput(
+                "url", "is not a valid PostgreSQL URL or conninfo"
+            ) from None
+        guard: AsyncBudgetGuard | None = None
+        made_listener: AsyncTenantCacheListener | None = None
+        made_writer: AsyncUsageWriter | None = None
+        try:
+            inner = AsyncPostgresTenantRepository(
+                pool, clock=clock, cipher=cipher, prepare=prepare
+            )
+            usage = AsyncPostgresUsageRepository(pool, clock=clock, prepare=prepare)
+            admins = AsyncPostgresAdminUserRepository(
+                pool, clock=clock, prepare=prepare
+            )
+            await _check_database(pool, url, timeout)
+            tenants: AsyncTenantRepository = inner
+            if cache_options is not None:
+                tenants = AsyncCachedTenantRepository(
+                    inner, **{"clock": clock, **cache_options}
+                )
+            if budget_options is not None:
+                guard = AsyncBudgetGuard(
+                    tenants, usage, **{"clock": clock, **budget_options}
+                )
+            if listener_options is not None:
+                assert isinstance(tenants, AsyncCachedTenantRepository)
+                made_listener = AsyncTenantCacheListener(
+                    listen_url or url, tenants, **listener_options
+                )
+                await made_listener.start()
+                if not await made_listener.wait_connected(timeout):
+                    raise DatabaseUnreachable(
+                        "cannot open the store: the cache listener is not "
+                        f"listening to {describe_url(listen_url or url)} after "
+                        f"{timeout:g} s (the database is out of reach on that "
+                        "path, or notifications do not come back: a "
+                        "transaction-pooling proxy, or migrations not applied; "
+                        "the tenantstore log says which)"
+                    )
+            if writer_options is not None:
+                made_writer = AsyncUsageWriter(
+                    usage, **{"clock": clock, **writer_options}
+                )
+        except BaseException:
+            await _close_parts(made_writer, guard, made_listener, pool, None)
+            raise
+        return cls(
+            tenants=tenants,
+            usage=usage,
+            admins=admins,
+            writer=made_writer,
+            budgets=guard,
+            listener=made_listener,
+            pool=pool,
+        )
+
+    @classmethod
+    def memory(
+        cls,
+        *,
+        clock: Clock | None = None,
+        cache: Part = True,
+        writer: Part = True,
+        budgets: Part = True,
+        cipher: KeyCipher | None = None,
+    ) -> AsyncStore:
+        """A store on the in-memory backends, with the same parts as `open`
+        (no listener, no pool). The asyncio writer needs a running loop."""
+        cache_options = part_options("cache", cache)
+        writer_options = part_options("writer", writer)
+        budget_options = part_options("budgets", budgets)
+        inner = AsyncInMemoryTenantRepository(clock=clock, cipher=cipher)
+        usage = AsyncInMemoryUsageRepository(inner, clock=clock)
+        admins = AsyncInMemoryAdminUserRepository(inner, clock=clock)
+        tenants: AsyncTenantRepository = inner
+        if cache_options is not None:
+            tenants = AsyncCachedTenantRepository(
+                inner, **{"clock": clock, **cache_options}
+            )
+        guard = None
+        if budget_options is not None:
+            guard = AsyncBudgetGuard(
+                tenants, usage, **{"clock": clock, **budget_options}
+            )
+        made_writer = None
+        if writer_options is not None:  # last: nothing else runs yet
+            made_writer = AsyncUsageWriter(usage, **{"clock": clock, **writer_options})
+        return cls(
+            tenants=tenants,
+            usage=usage,
+            admins=admins,
+            writer=made_writer,
+            budgets=guard,
+        )
+
+    # -- health -----------------------------------------------------------------
+
+    async def health(self) -> StoreHealth:
+        """Each part's health, and `ok` when all are healthy; never raises.
+
+        The database answers a `SELECT 1` within a second, the listener listens,
+        the writer's backlog is below its `max_pending` and its writes are not
+        failing, the pool is open (its numbers in `detail`).
+        """
+        listener = self.listener
+        writer = self.writer
+        pool = self.pool
+        return StoreHealth(
+            database=await self._database_health(),
+            listener=None
+            if listener is None
+            else listener_health(
+                listener.connected, listener.reconnects, listener.heartbeats_missed
+            ),
+            writer=None if writer is None else _writer_health(writer),
+            pool=None
+            if pool is None
+            else pool_health(pool.get_stats(), pool.max_size, pool.closed),
+        )
+
+    async def _database_health(self) -> PartHealth:
+        if self._closed:
+            return PartHealth(False, "the store is closed")
+        probe = self._probe
+        if probe is None:
+            return PartHealth(True, "in memory")
+        try:
+            await probe._run(_PING, None, ONE, retry=True)
+        except StoreUnavailable as exc:
+            return database_health(exc)
+        except TenantStoreError as exc:
+            return PartHealth(False, f"{type(exc).__name__}: {exc}")
+        return database_health(None)
+
+    # -- closing ----------------------------------------------------------------
+
+    async def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:  # noqa: ASYNC109  (the writer's flush bound)
+        """Close every part, in order: the writer takes no more records and
+        writes what is pending (for up to `timeout` seconds; None: until done),
+        the budget guard gives its leased shares back, the listener stops, the
+        pool closes. A step that fails does not keep the later ones from
+        running; its error is raised at the end (the writer's `StoreUnavailable`
+        when records were left unwritten). Closing again does nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        await _close_parts(self.writer, self.budgets, self.listener, self.pool, timeout)
+
+    async def __aenter__(self) -> AsyncStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def _listener_options(
+    listener: Part, cache_options: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    options = part_options("listener", listener)
+    if cache_options is None and options:
+        raise InvalidInput("listener", "needs the cache (cache=False was given)")
+    # Without a cache there is nothing to keep in step: listener=True means
+    # "the cache's listener", if there is a cache.
+    return None if cache_options is None else options
+
+
+async def _check_database(pool: AsyncConnectionPool, url: str, timeout: float) -> None:  # noqa: ASYNC109  (the pool's call bound)
+    """`SELECT 1` within `timeout`, or a clear error saying where it failed."""
+    try:
+        await _AsyncPostgres(pool, None, False, timeout)._run(
+            _PING, None, ONE, retry=True
+        )
+    except StoreUnavailable as exc:
+        error = DatabaseUnreachable if isinstance(exc, DatabaseUnreachable) else None
+        raise (error or StoreUnavailable)(
+            f"cannot open the store: {describe_url(url)} did not answer within "
+            f"{timeout:g} s ({exc})"
+        ) from exc
+
+
+def _writer_health(writer: AsyncUsageWriter) -> PartHealth:
+    core = writer._core
+    since = core.failing_since
+    return writer_health(
+        writer.stats(),
+        core.queue.max_pending,
+        None if since is None else time.monotonic() - since,
+        core.closed,
+    )
+
+
+async def _close_parts(
+    writer: AsyncUsageWriter | None,
+    budgets: AsyncBudgetGuard | None,
+    listener: AsyncTenantCacheListener | None,
+    pool: AsyncConnectionPool | None,
+    timeout: float | None,  # noqa: ASYNC109  (the writer's flush bound)
+) -> None:
+    """Close what is given, in this order, each step whatever the others did;
+    raise the first failure at the end (later ones are logged)."""
+    failures: list[tuple[str, BaseException]] = []
+    if writer is not None:
+        try:
+            await writer.close(timeout)
+        except BaseException as exc:
+            failures.append(("the usage writer", exc))
+    if budgets is not None:
+        try:
+            await budgets.close()
+        except BaseException as exc:
+            failures.append(("the budget guard", exc))
+    if listener is not None:
+        try:
+            await listener.close()
+        except BaseException as exc:
+            failures.append(("the cache listener", exc))
+    if pool is not None:
+        try:
+            await pool.close()
+        except BaseException as exc:
+            failures.append(("the pool", exc))
+    if not failures:
+        return
+    for part, later in failures[1:]:
+        _log.warning("closing the store: %s failed too (%r)", part, later)
+    raise failures[0][1]
