@@ -47,7 +47,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, ROUND_UP, Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httpx
 from starlette.applications import Starlette
@@ -56,20 +56,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-import tenantstore
 from tenantstore import (
-    AsyncBudgetGuard,
-    AsyncCachedTenantRepository,
-    AsyncPostgresTenantRepository,
-    AsyncPostgresUsageRepository,
-    AsyncTenantCacheListener,
-    AsyncUsageWriter,
+    AsyncStore,
     BudgetExceeded,
     StoreUnavailable,
     Tenant,
     TenantNotFound,
     UsageRecord,
-    create_async_pool,
 )
 
 __all__ = [
@@ -128,64 +121,17 @@ class GatewayStore(Protocol):
     async def health(self) -> _Health: ...
 
 
-def open_store(
-    url: str, *, listen_url: str | None = None
-) -> AbstractAsyncContextManager[GatewayStore]:
-    """Open tenantstore for the gateway: pool, cached tenants and their listener,
-    usage writer and budget guard, closed together at the end."""
-    async_store = getattr(tenantstore, "AsyncStore", None)
-    if async_store is not None:
-        store: AbstractAsyncContextManager[GatewayStore] = async_store.open(
-            url, listen_url=listen_url
-        )
-        return store
-    return _open_parts(url, listen_url)
-
-
-@dataclasses.dataclass(frozen=True)
-class _PartsHealth:
-    ok: bool
-    database: bool
-    listener: bool
-    writer_pending: int
-
-
-@dataclasses.dataclass
-class _Parts:
-    pool: Any
-    tenants: AsyncCachedTenantRepository
-    listener: AsyncTenantCacheListener
-    usage: AsyncPostgresUsageRepository
-    writer: AsyncUsageWriter
-    budgets: AsyncBudgetGuard
-
-    async def health(self) -> _PartsHealth:
-        try:
-            async with self.pool.connection(timeout=2.0) as conn:
-                await conn.execute("SELECT 1")
-            database = True
-        except Exception:
-            database = False
-        listening = self.listener.connected
-        pending = self.writer.stats().pending
-        return _PartsHealth(database and listening, database, listening, pending)
-
-
 @contextlib.asynccontextmanager
-async def _open_parts(url: str, listen_url: str | None) -> AsyncIterator[_Parts]:
-    # What AsyncStore.open does, by hand, until tenantstore exports it.
-    pool = await create_async_pool(url)
-    async with contextlib.AsyncExitStack() as stack:
-        stack.push_async_callback(pool.close)
-        tenants = AsyncCachedTenantRepository(AsyncPostgresTenantRepository(pool))
-        listener = AsyncTenantCacheListener(listen_url or url, tenants)
-        await stack.enter_async_context(listener)
-        if not await listener.wait_connected(10.0):
-            raise StoreUnavailable("the cache listener could not connect")
-        usage = AsyncPostgresUsageRepository(pool)
-        writer = await stack.enter_async_context(AsyncUsageWriter(usage))
-        budgets = await stack.enter_async_context(AsyncBudgetGuard(tenants, usage))
-        yield _Parts(pool, tenants, listener, usage, writer, budgets)
+async def open_store(
+    url: str, *, listen_url: str | None = None
+) -> AsyncIterator[GatewayStore]:
+    """Open tenantstore for the gateway: pool, cached tenants and their listener,
+    usage writer and budget guard, closed together at the end (usage flushed)."""
+    async with AsyncStore.open(url, listen_url=listen_url) as store:
+        # Opened with every part: the writer and the guard are there.
+        assert store.writer is not None
+        assert store.budgets is not None
+        yield cast(GatewayStore, store)
 
 
 # -- the upstream --------------------------------------------------------------------
@@ -344,10 +290,9 @@ def _default_upstream() -> Upstream:
 def _health_body(health: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"status": "ok" if health.ok else "unavailable"}
     if dataclasses.is_dataclass(health) and not isinstance(health, type):
+        # StoreHealth: every part's health, JSON-ready
         body["checks"] = {
-            k: v if isinstance(v, bool | int | float | str | None) else str(v)
-            for k, v in dataclasses.asdict(health).items()
-            if k != "ok"
+            k: v for k, v in dataclasses.asdict(health).items() if k != "ok"
         }
     return body
 
