@@ -236,17 +236,18 @@ def run_scenario(
             error=f"{type(exc).__name__}: {exc}",
             seconds=time.monotonic() - start,
         )
-    ours_median = next(
-        st for v, st in zip(variants, stats, strict=True) if v.role == "ours"
-    ).median
+    mine = next(st for v, st in zip(variants, stats, strict=True) if v.role == "ours")
     rows = [
         Row(
             label=v.label,
             role=v.role,
             stats=st,
-            ratio=None if v.role == "ours" else ours_median / st.median,
+            ratio=None if v.role == "ours" else mine.median / st.median,
             target=v.target,
             note=v.note,
+            over=None
+            if v.role == "ours"
+            else (mine.median - st.median, mine.p99 - st.p99),
         )
         for v, st in zip(variants, stats, strict=True)
     ]

@@ -33,11 +33,15 @@ class Row:
     ratio: float | None  # ours ÷ this row; None on ours' own row
     target: Target | None = None
     note: str = ""
+    # ours' median and p99 minus this row's (seconds); None on ours' own row
+    over: tuple[float, float] | None = None
 
     @property
     def passed(self) -> bool | None:
         if self.target is None or self.ratio is None:
             return None
+        if self.target.over:
+            return self.over is not None and self.target.met(self.over[0])
         return self.target.met(self.ratio)
 
 
@@ -93,6 +97,15 @@ def format_ratio(ratio: float, target: Target | None) -> str:
     return f"{ratio:.2f}x"
 
 
+def _signed(seconds: float) -> str:
+    return ("+" if seconds >= 0 else "-") + format_time(abs(seconds))
+
+
+def _over(over: tuple[float, float]) -> str:
+    median, p99 = over
+    return f"median {_signed(median)}, p99 {_signed(p99)}"
+
+
 def _rate(ops: float) -> str:
     return f"{ops:,.0f}"
 
@@ -141,6 +154,8 @@ def format_table(run: Run) -> str:
             target = ""
             if r.target is not None and r.ratio is not None:
                 target = f"{r.target.text} {'pass' if r.passed else 'MISS'}"
+                if r.target.over and r.over is not None:
+                    target += f" ({_over(r.over)})"
             lines.append(
                 f"  {r.label:<46} {r.role:<9} {format_time(st.median):>9} "
                 f"{format_time(st.p99):>9} {_rate(st.ops_per_s):>9} "
@@ -151,7 +166,12 @@ def format_table(run: Run) -> str:
     missed = [(s, r) for s, r in targets if not r.passed]
     lines.append(f"targets: {len(targets) - len(missed)} of {len(targets)} met")
     for s, r in missed:
-        if r.target is not None and r.ratio is not None:
+        if r.target is not None and r.target.over and r.over is not None:
+            lines.append(
+                f"  MISSED {s.name}: ours over {r.label}: {_over(r.over)}, "
+                f"target {r.target.text}"
+            )
+        elif r.target is not None and r.ratio is not None:
             lines.append(
                 f"  MISSED {s.name}: ours ÷ {r.label} = "
                 f"{format_ratio(r.ratio, r.target)}, target {r.target.text}"
@@ -211,9 +231,16 @@ def _row_json(r: Row) -> dict[str, Any]:
         "ops": st.ops,
         "checked": st.checked,
         "ratio": r.ratio,
+        "over_median_us": None if r.over is None else r.over[0] * 1e6,
+        "over_p99_us": None if r.over is None else r.over[1] * 1e6,
         "target": None
         if r.target is None
-        else {"limit": r.target.limit, "text": r.target.text, "met": r.passed},
+        else {
+            "limit": r.target.limit,
+            "text": r.target.text,
+            "over": r.target.over,
+            "met": r.passed,
+        },
     }
 
 

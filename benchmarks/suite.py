@@ -7,6 +7,7 @@ from benchmarks import (
     scenarios_async,
     scenarios_budget,
     scenarios_cache,
+    scenarios_gateway,
     scenarios_migrate,
     scenarios_pipeline,
     scenarios_revocation,
@@ -25,6 +26,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     *scenarios_pipeline.SCENARIOS,
     *scenarios_budget.SCENARIOS,
     *scenarios_async.SCENARIOS,
+    *scenarios_gateway.SCENARIOS,
     *scenarios_migrate.SCENARIOS,
     *scenarios_admin.SCENARIOS,
 )

@@ -1,0 +1,1 @@
+"""Examples of tenantstore in an application (run from a checkout)."""
