@@ -197,7 +197,10 @@ def test_sync_close_writes_what_was_submitted_and_returns_leases(
     assert lease_rows(clean_db, created.id) == 1
     for i in range(50):
         store.writer.submit(record(created.id, f"r{i}"))
-    assert usage_rows(clean_db, created.id) == 1  # the settle's record only
+    # The store's guard settles through its writer: the settle's record is queued
+    # too, and its hold stays until it commits.
+    assert usage_rows(clean_db, created.id) == 0
+    assert store.budgets.status(created).held_usd == Decimal("0.01")
     store.close()
     assert usage_rows(clean_db, created.id) == 51
     assert lease_rows(clean_db, created.id) == 0

@@ -234,9 +234,17 @@ class AsyncStore:
                 tenants = AsyncCachedTenantRepository(
                     inner, **{"clock": clock, **cache_options}
                 )
+            if writer_options is not None:
+                made_writer = AsyncUsageWriter(
+                    usage, **{"clock": clock, **writer_options}
+                )
             if budget_options is not None:
+                # Settles go through the writer: a request's settle costs no
+                # round trip, and its hold stays until the record commits.
                 guard = AsyncBudgetGuard(
-                    tenants, usage, **{"clock": clock, **budget_options}
+                    tenants,
+                    usage,
+                    **{"clock": clock, "writer": made_writer, **budget_options},
                 )
             if listener_options is not None:
                 assert isinstance(tenants, AsyncCachedTenantRepository)
@@ -253,10 +261,6 @@ class AsyncStore:
                         "transaction-pooling proxy, or migrations not applied; "
                         "the tenantstore log says which)"
                     )
-            if writer_options is not None:
-                made_writer = AsyncUsageWriter(
-                    usage, **{"clock": clock, **writer_options}
-                )
         except BaseException:
             await _close_parts(made_writer, guard, made_listener, pool, None)
             raise
@@ -295,12 +299,20 @@ class AsyncStore:
             )
         guard = None
         if budget_options is not None:
+            # Made first (it starts nothing) so that bad options leave no writer.
             guard = AsyncBudgetGuard(
                 tenants, usage, **{"clock": clock, **budget_options}
             )
         made_writer = None
         if writer_options is not None:  # last: nothing else runs yet
             made_writer = AsyncUsageWriter(usage, **{"clock": clock, **writer_options})
+            if budget_options is not None and "writer" not in budget_options:
+                # Settles go through the writer (as in `open`).
+                guard = AsyncBudgetGuard(
+                    tenants,
+                    usage,
+                    **{"clock": clock, "writer": made_writer, **budget_options},
+                )
         return cls(
             tenants=tenants,
             usage=usage,

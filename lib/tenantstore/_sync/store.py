@@ -233,9 +233,15 @@ class Store:
                 tenants = CachedTenantRepository(
                     inner, **{"clock": clock, **cache_options}
                 )
+            if writer_options is not None:
+                made_writer = UsageWriter(usage, **{"clock": clock, **writer_options})
             if budget_options is not None:
+                # Settles go through the writer: a request's settle costs no
+                # round trip, and its hold stays until the record commits.
                 guard = BudgetGuard(
-                    tenants, usage, **{"clock": clock, **budget_options}
+                    tenants,
+                    usage,
+                    **{"clock": clock, "writer": made_writer, **budget_options},
                 )
             if listener_options is not None:
                 assert isinstance(tenants, CachedTenantRepository)
@@ -252,8 +258,6 @@ class Store:
                         "transaction-pooling proxy, or migrations not applied; "
                         "the tenantstore log says which)"
                     )
-            if writer_options is not None:
-                made_writer = UsageWriter(usage, **{"clock": clock, **writer_options})
         except BaseException:
             _close_parts(made_writer, guard, made_listener, pool, None)
             raise
@@ -290,10 +294,18 @@ class Store:
             tenants = CachedTenantRepository(inner, **{"clock": clock, **cache_options})
         guard = None
         if budget_options is not None:
+            # Made first (it starts nothing) so that bad options leave no writer.
             guard = BudgetGuard(tenants, usage, **{"clock": clock, **budget_options})
         made_writer = None
         if writer_options is not None:  # last: nothing else runs yet
             made_writer = UsageWriter(usage, **{"clock": clock, **writer_options})
+            if budget_options is not None and "writer" not in budget_options:
+                # Settles go through the writer (as in `open`).
+                guard = BudgetGuard(
+                    tenants,
+                    usage,
+                    **{"clock": clock, "writer": made_writer, **budget_options},
+                )
         return cls(
             tenants=tenants,
             usage=usage,
