@@ -46,7 +46,7 @@ from tenantstore import (
     create_pool,
     hash_api_key,
 )
-from tenantstore.validation import usage_for_write
+from tenantstore._validation import usage_for_write
 
 __all__ = ["SCENARIOS"]
 

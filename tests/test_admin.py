@@ -35,7 +35,7 @@ from tenantstore import (
     hash_password,
     verify_password,
 )
-from tenantstore import passwords as passwords_module
+from tenantstore import _passwords as passwords_module
 from tests.fix_backends import FakeClock, Synced
 from tests.strategies import HOSTILE_TEXT
 

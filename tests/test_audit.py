@@ -46,7 +46,7 @@ from tenantstore import (
     hash_api_key,
     migrate,
 )
-from tenantstore import passwords as passwords_module
+from tenantstore import _passwords as passwords_module
 from tests.fix_backends import FakeClock, Synced
 from tests.pgserver import scratch_database
 

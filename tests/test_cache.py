@@ -43,7 +43,7 @@ from tenantstore import (
     hash_api_key,
 )
 from tenantstore._cachestate import NOTHING, parse_notification
-from tenantstore.keys import KEY_PREFIX
+from tenantstore._keys import KEY_PREFIX
 from tests.fix_backends import FakeClock
 from tests.polling import async_wait_until, wait_until
 

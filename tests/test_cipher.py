@@ -24,7 +24,7 @@ from tenantstore import (
     generate_api_key,
     hash_api_key,
 )
-from tenantstore.cipher import MIN_DISTINCT_BYTES, encrypted_key_for_write
+from tenantstore._cipher import MIN_DISTINCT_BYTES, encrypted_key_for_write
 
 # Fixed, recognisable key material, so a leak is easy to search for.
 OLD_KEY = bytes(range(32))

@@ -20,7 +20,7 @@ from tenantstore import (
     PostgresAdminUserRepository,
     PostgresTenantRepository,
 )
-from tenantstore import passwords as passwords_module
+from tenantstore import _passwords as passwords_module
 from tests.test_cli import closed_port_url
 from tests.test_cli_tenant import CliRunner, Run
 

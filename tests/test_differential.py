@@ -58,7 +58,7 @@ from tenantstore import (
     create_pool,
     hash_api_key,
 )
-from tenantstore import passwords as passwords_module
+from tenantstore import _passwords as passwords_module
 from tests import strategies as s
 from tests.fix_backends import FakeClock, Synced
 from tests.fix_postgres import truncate

@@ -31,7 +31,7 @@ from tenantstore import (
     generate_api_key,
     hash_api_key,
 )
-from tenantstore.keys import _checksum
+from tenantstore._keys import _checksum
 from tests.fix_backends import Synced
 
 BACKENDS = [

@@ -21,7 +21,7 @@ from tenantstore import (
     hash_api_key,
     is_plausible_api_key,
 )
-from tenantstore.keys import (
+from tenantstore._keys import (
     KEY_LENGTH,
     KEY_PREFIX,
     TAGGED_KEY_LENGTH,

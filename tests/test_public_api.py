@@ -25,8 +25,10 @@ from tenantstore import (
     CipherError,
     Conflict,
     DatabaseUnreachable,
+    DirtyDatabase,
     InvalidCredentials,
     InvalidInput,
+    MigrationError,
     StaleVersion,
     StoreUnavailable,
     TenantNotFound,
@@ -50,6 +52,8 @@ ERROR_BASES: dict[type[Exception], tuple[type, ...]] = {
     DatabaseUnreachable: (StoreUnavailable,),
     CipherError: (TenantStoreError,),
     BudgetExceeded: (TenantStoreError,),
+    MigrationError: (TenantStoreError,),
+    DirtyDatabase: (MigrationError,),
 }
 
 
@@ -188,6 +192,8 @@ def some_errors() -> list[TenantStoreError]:
         StoreUnavailable("pool exhausted"),
         CipherError("tampered"),
         AdminUserNotFound("no such admin user"),
+        MigrationError("002 failed", version=2, file="002_contract.up.sql"),
+        DirtyDatabase(7),
         InvalidCredentials("invalid username or password"),
         BudgetExceeded(
             "0b7a9e0c-0000-4000-8000-000000000001",
@@ -205,6 +211,9 @@ def test_errors_survive_pickle_and_copy(error: TenantStoreError) -> None:
     for clone in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
         assert type(clone) is type(error)
         assert str(clone) == str(error)
+        if isinstance(error, MigrationError):
+            assert isinstance(clone, MigrationError)
+            assert (clone.version, clone.file) == (error.version, error.file)
         if isinstance(error, InvalidInput):
             assert isinstance(clone, InvalidInput)
             assert clone.field == error.field
@@ -221,3 +230,85 @@ def test_errors_survive_pickle_and_copy(error: TenantStoreError) -> None:
 def test_the_package_is_typed() -> None:
     assert tenantstore.__file__ is not None
     assert (Path(tenantstore.__file__).parent / "py.typed").is_file()
+
+
+def _package_modules() -> list[types.ModuleType]:
+    import importlib
+    import pkgutil
+
+    names = [
+        info.name
+        for info in pkgutil.walk_packages(tenantstore.__path__, "tenantstore.")
+        if info.name != "tenantstore.__main__"
+    ]
+    return [importlib.import_module(name) for name in names]
+
+
+# The modules a user imports by name; every other module is private (`_name`).
+PUBLIC_MODULES = {
+    "tenantstore.cli",
+    "tenantstore.errors",
+    "tenantstore.metrics",
+    "tenantstore.migrate",
+    "tenantstore.pool",
+}
+
+
+def _classes_defined_in(module: types.ModuleType) -> list[str]:
+    """The top-level classes a module's source defines (a class's `__module__` is
+    "tenantstore" for the public ones, so the source is what says where)."""
+    import ast
+
+    path = inspect.getsourcefile(module)
+    assert path is not None
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    return [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
+
+
+def test_every_exception_is_defined_in_errors_py() -> None:
+    """One tree: no module but errors.py defines an exception a caller could
+    meet (a private one, `_Name`, stays inside the module that raises it)."""
+    defined = {
+        (module.__name__, name)
+        for module in _package_modules()
+        for name in _classes_defined_in(module)
+        if not name.startswith("_") and issubclass(getattr(module, name), BaseException)
+    }
+    assert {module for module, _ in defined} == {"tenantstore.errors"}
+    assert {getattr(tenantstore.errors, name) for _, name in defined} == set(
+        ERROR_BASES
+    )
+
+
+def test_only_the_documented_modules_are_public() -> None:
+    public = {
+        module.__name__
+        for module in _package_modules()
+        if not any(part.startswith("_") for part in module.__name__.split("."))
+        and module.__name__.count(".") == 1
+    }
+    assert public == PUBLIC_MODULES
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC_MODULES))
+def test_a_public_module_exposes_only_its_all(name: str) -> None:
+    """Whatever a public module defines or imports under a public name is in its
+    `__all__`: no helper leaks from it."""
+    import importlib
+
+    module = importlib.import_module(name)
+    exported = {id(getattr(tenantstore, attr)) for attr in tenantstore.__all__}
+    exposed = {
+        attr
+        for attr, value in vars(module).items()
+        if not attr.startswith("_")
+        and not isinstance(value, types.ModuleType)
+        and attr not in {"annotations", "TYPE_CHECKING"}
+        # Not ours (the standard library's, a driver's), or ours and public in
+        # `tenantstore` itself: not a helper.
+        and str(getattr(value, "__module__", "tenantstore")).startswith("tenantstore")
+        and id(value) not in exported
+    }
+    declared = set(getattr(module, "__all__", ()))
+    assert exposed - declared == set()
+    assert declared <= set(vars(module))

@@ -1,4 +1,4 @@
-"""The domain boundary: every check and normalisation in `tenantstore.validation`.
+"""The domain boundary: every check and normalisation in `tenantstore._validation`.
 
 Each rule is tested on the function that owns it and, where a field uses it, through
 `tenant_for_write` / `usage_for_write` and the in-memory backend, so the field named
@@ -28,8 +28,8 @@ from tenantstore import (
     generate_api_key,
     hash_api_key,
 )
-from tenantstore.cipher import encrypted_key_for_write
-from tenantstore.validation import (
+from tenantstore._cipher import encrypted_key_for_write
+from tenantstore._validation import (
     BUDGET_MAX,
     COST_MAX,
     INT_MAX,

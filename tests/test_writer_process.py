@@ -36,7 +36,7 @@ from tenantstore import (
     create_pool,
 )
 from tenantstore._spool import Spool, decode, encode
-from tenantstore.validation import usage_for_write
+from tenantstore._validation import usage_for_write
 from tests import strategies as s
 from tests.polling import wait_until
 from tests.test_writer import Switch, new_tenant, record

@@ -13,9 +13,32 @@ from ._async.listener import AsyncTenantCacheListener
 from ._async.postgres import AsyncPostgresTenantRepository, AsyncPostgresUsageRepository
 from ._async.store import AsyncStore
 from ._async.writer import AsyncUsageWriter
+from ._audit import AuditChange, AuditEvent, acting_as
 from ._budgetstate import BudgetAlert, BudgetStats, BudgetStatus
 from ._cachestate import CacheStats
+from ._cipher import KeyCipher
+from ._clock import Clock, SystemClock
+from ._keys import generate_api_key, hash_api_key, is_plausible_api_key
 from ._listenerstate import ListenerStats
+from ._memory import (
+    AsyncInMemoryAdminUserRepository,
+    AsyncInMemoryTenantRepository,
+    AsyncInMemoryUsageRepository,
+    InMemoryAdminUserRepository,
+    InMemoryTenantRepository,
+    InMemoryUsageRepository,
+)
+from ._models import AdminUser, RecordOutcome, Tenant, UsageRecord, UsageSummary
+from ._passwords import hash_password, verify_password
+from ._repository import (
+    AdminUserRepository,
+    AsyncAdminUserRepository,
+    AsyncTenantRepository,
+    AsyncUsageRepository,
+    TenantRepository,
+    UsageRepository,
+)
+from ._roles import has_permission
 from ._storestate import PartHealth, StoreHealth
 from ._sync.admin import PostgresAdminUserRepository
 from ._sync.budget import BudgetGuard, Reservation
@@ -25,43 +48,22 @@ from ._sync.postgres import PostgresTenantRepository, PostgresUsageRepository
 from ._sync.store import Store
 from ._sync.writer import UsageWriter
 from ._writerstate import UsageWriterStats
-from .audit import AuditChange, AuditEvent, acting_as
-from .cipher import KeyCipher
-from .clock import Clock, SystemClock
 from .errors import (
     AdminUserNotFound,
     BudgetExceeded,
     CipherError,
     Conflict,
     DatabaseUnreachable,
+    DirtyDatabase,
     InvalidCredentials,
     InvalidInput,
+    MigrationError,
     StaleVersion,
     StoreUnavailable,
     TenantNotFound,
     TenantStoreError,
 )
-from .keys import generate_api_key, hash_api_key, is_plausible_api_key
-from .memory import (
-    AsyncInMemoryAdminUserRepository,
-    AsyncInMemoryTenantRepository,
-    AsyncInMemoryUsageRepository,
-    InMemoryAdminUserRepository,
-    InMemoryTenantRepository,
-    InMemoryUsageRepository,
-)
-from .models import AdminUser, RecordOutcome, Tenant, UsageRecord, UsageSummary
-from .passwords import hash_password, verify_password
 from .pool import create_async_pool, create_pool
-from .repository import (
-    AdminUserRepository,
-    AsyncAdminUserRepository,
-    AsyncTenantRepository,
-    AsyncUsageRepository,
-    TenantRepository,
-    UsageRepository,
-)
-from .roles import has_permission
 
 __all__ = [
     "AdminUser",
@@ -95,6 +97,7 @@ __all__ = [
     "Clock",
     "Conflict",
     "DatabaseUnreachable",
+    "DirtyDatabase",
     "InMemoryAdminUserRepository",
     "InMemoryTenantRepository",
     "InMemoryUsageRepository",
@@ -102,6 +105,7 @@ __all__ = [
     "InvalidInput",
     "KeyCipher",
     "ListenerStats",
+    "MigrationError",
     "PartHealth",
     "PostgresAdminUserRepository",
     "PostgresTenantRepository",

@@ -35,10 +35,10 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from typing import Final, Literal
 
+from ._memory import AsyncInMemoryUsageRepository, InMemoryUsageRepository
+from ._models import UsageRecord
+from ._validation import COST_MAX, money
 from .errors import TenantNotFound
-from .memory import AsyncInMemoryUsageRepository, InMemoryUsageRepository
-from .models import UsageRecord
-from .validation import COST_MAX, money
 
 __all__ = [
     "LEVELS",

@@ -26,8 +26,8 @@ from typing import Any, Final, Generic, TypeVar
 
 from cachetools import TTLCache
 
-from .models import Tenant
-from .validation import is_canonical_id, is_key_hash
+from ._models import Tenant
+from ._validation import is_canonical_id, is_key_hash
 
 __all__ = [
     "NOTHING",

@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from ._models import AdminUser, RecordOutcome, Tenant, UsageRecord, UsageSummary
 from ._sql import TENANT_COLUMNS, USAGE_COLUMNS
-from .models import AdminUser, RecordOutcome, Tenant, UsageRecord, UsageSummary
 
 
 def utc(value: datetime) -> datetime:

@@ -34,9 +34,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Final
 
+from ._models import UsageRecord
+from ._validation import usage_for_write
 from .errors import InvalidInput
-from .models import UsageRecord
-from .validation import usage_for_write
 
 __all__ = ["FSYNC_INTERVAL", "Spool", "decode", "encode"]
 

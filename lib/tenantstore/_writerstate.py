@@ -20,12 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ._clock import Clock
+from ._models import RecordOutcome, UsageRecord
 from ._rows import utc
 from ._spool import Spool
-from .clock import Clock
+from ._validation import usage_for_write
 from .errors import InvalidInput, StoreUnavailable, TenantNotFound, TenantStoreError
-from .models import RecordOutcome, UsageRecord
-from .validation import usage_for_write
 
 __all__ = [
     "UsageWriterStats",

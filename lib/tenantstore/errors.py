@@ -12,7 +12,10 @@ TenantStoreError        base of everything we raise
 │   └── DatabaseUnreachable   no connection could be made or kept: the server is down
 │                             or the path to it is dead (not: busy, slow, exhausted)
 ├── CipherError         a stored API-key ciphertext cannot be decrypted
-└── BudgetExceeded      a reservation would pass the tenant's monthly budget
+├── BudgetExceeded      a reservation would pass the tenant's monthly budget
+└── MigrationError      migrations cannot proceed: a file failed, or the files
+    │                   and the database disagree; .version and .file say where
+    └── DirtyDatabase   schema_migrations is marked dirty: force a version first
 ```
 
 Messages name the field and the rule, never a key, a hash or a ciphertext.
@@ -21,6 +24,7 @@ Messages name the field and the rule, never a key, a hash or a ciphertext.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 __all__ = [
     "AdminUserNotFound",
@@ -28,8 +32,10 @@ __all__ = [
     "CipherError",
     "Conflict",
     "DatabaseUnreachable",
+    "DirtyDatabase",
     "InvalidCredentials",
     "InvalidInput",
+    "MigrationError",
     "StaleVersion",
     "StoreUnavailable",
     "TenantNotFound",
@@ -84,6 +90,15 @@ class StaleVersion(Conflict):
 
     __module__ = "tenantstore"
 
+    def __init__(
+        self,
+        message: str = (
+            "the tenant changed since it was read (its updated_at differs): "
+            "read it again and reapply the change"
+        ),
+    ) -> None:
+        super().__init__(message)
+
 
 class InvalidInput(TenantStoreError, ValueError):
     """A value is rejected at the domain boundary; nothing was written.
@@ -123,12 +138,6 @@ class DatabaseUnreachable(StoreUnavailable):
     """
 
     __module__ = "tenantstore"
-
-
-MODIFIED = (
-    "the tenant changed since it was read (its updated_at differs): "
-    "read it again and reapply the change"
-)
 
 
 class CipherError(TenantStoreError):
@@ -181,3 +190,57 @@ class BudgetExceeded(TenantStoreError):
                 self.estimate_usd,
             ),
         )
+
+
+class MigrationError(TenantStoreError):
+    """Migrations cannot proceed: a file failed, or files and database disagree.
+
+    `version` and `file` name the migration concerned when there is one. When a
+    file's SQL failed, the driver's exception is ``__cause__``, the file's changes
+    were rolled back, and ``schema_migrations`` is left dirty: the message says which
+    version to `force` once the cause is fixed.
+    """
+
+    __module__ = "tenantstore"
+
+    def __init__(
+        self, message: str, *, version: int | None = None, file: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.version = version
+        self.file = file
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword arguments are not in args: rebuild with them.
+        return (_migration_error, (type(self), str(self), self.version, self.file))
+
+
+class DirtyDatabase(MigrationError):
+    """``schema_migrations`` is marked dirty: a migration failed or was interrupted.
+
+    Nothing runs until an operator checks the schema, repairs it if needed, and
+    records the version it is really at with `force` (or golang-migrate's
+    ``migrate force``). `version` is the dirty version (None for golang-migrate's -1).
+    """
+
+    __module__ = "tenantstore"
+
+    def __init__(self, version: int | None) -> None:
+        shown = "-1 (no version)" if version is None else str(version)
+        super().__init__(
+            f"schema_migrations is marked dirty at version {shown}: a migration "
+            "failed or was interrupted, so the schema may be between two versions. "
+            "Check it by hand and repair it if needed, then record the version it is "
+            "really at with `tenantstore migrate force VERSION` "
+            "(or golang-migrate's `migrate force VERSION`), and migrate again.",
+            version=version,
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.version,))
+
+
+def _migration_error(
+    cls: type[MigrationError], message: str, version: int | None, file: str | None
+) -> MigrationError:
+    return cls(message, version=version, file=file)

@@ -46,17 +46,26 @@ import psycopg
 from psycopg import sql
 from psycopg.errors import Diagnostic
 
-from ._oneshot import connect, first_line
-from ._pooler import SERVER_PID, behind_pooler, refused
-from .errors import InvalidInput, StoreUnavailable, TenantStoreError
+from . import _oneshot, _pooler
+from .errors import (
+    DirtyDatabase,
+    InvalidInput,
+    MigrationError,
+    StoreUnavailable,
+    TenantStoreError,
+)
 
 __all__ = [
+    "DEFAULT_LOCK_RETRIES",
+    "DEFAULT_LOCK_TIMEOUT",
     "MIGRATIONS_TABLE",
+    "NO_TRANSACTION_MARKER",
     "DirtyDatabase",
     "Migration",
     "MigrationError",
     "MigrationStatus",
     "Notice",
+    "Source",
     "advisory_lock_id",
     "available",
     "down",
@@ -101,43 +110,6 @@ _BASELINE_TABLES: Final = ("tenants", "usage_records", "admin_users")
 
 Source: TypeAlias = "Traversable | str | PathLike[str]"
 _Conn: TypeAlias = "psycopg.Connection[tuple[Any, ...]]"
-
-
-class MigrationError(TenantStoreError):
-    """Migrations cannot proceed: a file failed, or files and database disagree.
-
-    `version` and `file` name the migration concerned when there is one. When a
-    file's SQL failed, the driver's exception is ``__cause__``, the file's changes
-    were rolled back, and ``schema_migrations`` is left dirty: the message says which
-    version to `force` once the cause is fixed.
-    """
-
-    def __init__(
-        self, message: str, *, version: int | None = None, file: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.version = version
-        self.file = file
-
-
-class DirtyDatabase(MigrationError):
-    """``schema_migrations`` is marked dirty: a migration failed or was interrupted.
-
-    Nothing runs until an operator checks the schema, repairs it if needed, and
-    records the version it is really at with `force` (or golang-migrate's
-    ``migrate force``). `version` is the dirty version (None for golang-migrate's -1).
-    """
-
-    def __init__(self, version: int | None) -> None:
-        shown = "-1 (no version)" if version is None else str(version)
-        super().__init__(
-            f"schema_migrations is marked dirty at version {shown}: a migration "
-            "failed or was interrupted, so the schema may be between two versions. "
-            "Check it by hand and repair it if needed, then record the version it is "
-            "really at with `tenantstore migrate force VERSION` "
-            "(or golang-migrate's `migrate force VERSION`), and migrate again.",
-            version=version,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,7 +373,7 @@ def _resolve_source(source: Source | None) -> Traversable:
 
 @contextmanager
 def _connect(conninfo: str) -> Iterator[_Conn]:
-    with connect(
+    with _oneshot.connect(
         conninfo, field="conninfo", connect_timeout=_DEFAULT_CONNECT_TIMEOUT
     ) as conn:
         yield conn
@@ -414,11 +386,11 @@ def _translated() -> Iterator[None]:
         yield
     except psycopg.OperationalError as exc:
         raise StoreUnavailable(
-            f"lost the connection to PostgreSQL: {first_line(exc)}"
+            f"lost the connection to PostgreSQL: {_oneshot.first_line(exc)}"
         ) from exc
     except psycopg.Error as exc:
         raise TenantStoreError(
-            f"unexpected database error while migrating: {first_line(exc)}"
+            f"unexpected database error while migrating: {_oneshot.first_line(exc)}"
         ) from exc
 
 
@@ -626,7 +598,7 @@ class _Session:
                     log.warning(
                         "%s: %s (lock_timeout %s); retrying in %.1f s (retry %d of %d)",
                         file,
-                        first_line(exc),
+                        _oneshot.first_line(exc),
                         self.retry.setting,
                         delay,
                         attempt,
@@ -858,7 +830,7 @@ def _failure(
             f"{dirty_at}, dirty."
         )
     return MigrationError(
-        f"migration {file} failed{where}: {first_line(exc)}. {state} Fix the "
+        f"migration {file} failed{where}: {_oneshot.first_line(exc)}. {state} Fix the "
         f"cause, then run `tenantstore migrate force {at}` and migrate again.",
         version=migration.version,
         file=file,
@@ -901,11 +873,11 @@ def _take_advisory_locks(conn: _Conn, lock_ids: list[int]) -> None:
 def _locked(conninfo: str, retry: _Retry) -> Iterator[_Session]:
     with _connect(conninfo) as conn:
         with _translated():
-            row = conn.execute(SERVER_PID).fetchone()
-            if row is not None and behind_pooler(conn.info.backend_pid, row[0]):
+            row = conn.execute(_pooler.SERVER_PID).fetchone()
+            if row is not None and _pooler.behind_pooler(conn.info.backend_pid, row[0]):
                 # Its lock and lock_timeout would stay on one server connection
                 # and the migrations run on others.
-                raise refused(
+                raise _pooler.refused(
                     "migrations",
                     "hold an advisory lock in one session for the whole run",
                     "the migration runner (and `tenantstore migrate`)",

@@ -21,11 +21,16 @@ from psycopg import AsyncConnection, Connection
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from ._acompat import AWatchdog, Watchdog
-from ._pgerrors import PoolHealth
-from ._pooler import behind_pooler, unprepared
+from . import _acompat, _pgerrors, _pooler
 
-__all__ = ["TIMEOUT", "create_async_pool", "create_pool"]
+__all__ = [
+    "MAX_LIFETIME",
+    "MAX_SIZE",
+    "MIN_SIZE",
+    "TIMEOUT",
+    "create_async_pool",
+    "create_pool",
+]
 
 MAX_SIZE = 25
 MIN_SIZE = 5
@@ -51,8 +56,8 @@ _SETUP: Final = (
     " pg_backend_pid()"
 )
 
-_WATCHDOG: Final = Watchdog()
-_AWATCHDOG: Final = AWatchdog()
+_WATCHDOG: Final = _acompat.Watchdog()
+_AWATCHDOG: Final = _acompat.AWatchdog()
 
 
 def _statement_timeout(timeout: float) -> str:
@@ -74,7 +79,7 @@ _KEEPALIVES: Final = {
 
 
 def _kwargs(
-    conninfo: str, connect_timeout: float, health: PoolHealth
+    conninfo: str, connect_timeout: float, health: _pgerrors.PoolHealth
 ) -> Callable[[], dict[str, Any]]:
     given = conninfo_to_dict(conninfo)
     kwargs: dict[str, Any] = {
@@ -83,7 +88,7 @@ def _kwargs(
     kwargs.update(autocommit=True, connect_timeout=max(1, round(connect_timeout)))
 
     # psycopg_pool resolves a callable `kwargs` before every connection attempt:
-    # the hook that tells `PoolHealth` an attempt started.
+    # the hook that tells `_pgerrors.PoolHealth` an attempt started.
     def resolve() -> dict[str, Any]:
         health.attempting()
         return kwargs
@@ -92,7 +97,7 @@ def _kwargs(
 
 
 def _configure(
-    timeout: float, connect_timeout: float, health: PoolHealth
+    timeout: float, connect_timeout: float, health: _pgerrors.PoolHealth
 ) -> Callable[[Connection[Any]], None]:
     setting = _statement_timeout(timeout)
 
@@ -111,15 +116,15 @@ def _configure(
             health.setup_failed()
             conn.close()
             raise psycopg.OperationalError("setting up a new connection took too long")
-        if row is not None and behind_pooler(conn.info.backend_pid, row[2]):
-            unprepared(conn)
+        if row is not None and _pooler.behind_pooler(conn.info.backend_pid, row[2]):
+            _pooler.unprepared(conn)
         health.connected()
 
     return configure
 
 
 def _aconfigure(
-    timeout: float, connect_timeout: float, health: PoolHealth
+    timeout: float, connect_timeout: float, health: _pgerrors.PoolHealth
 ) -> Callable[[AsyncConnection[Any]], Any]:
     setting = _statement_timeout(timeout)
 
@@ -137,8 +142,8 @@ def _aconfigure(
             health.setup_failed()
             await conn.close()
             raise psycopg.OperationalError("setting up a new connection took too long")
-        if row is not None and behind_pooler(conn.info.backend_pid, row[2]):
-            unprepared(conn)
+        if row is not None and _pooler.behind_pooler(conn.info.backend_pid, row[2]):
+            _pooler.unprepared(conn)
         health.connected()
 
     return configure
@@ -168,7 +173,7 @@ def create_pool(
     (whatever a repository's `prepare`) and gets no `statement_timeout` (it would
     stay on the pooler's server connection; the client-side bound still holds).
     """
-    health = PoolHealth()
+    health = _pgerrors.PoolHealth()
     pool = ConnectionPool(
         conninfo,
         min_size=min_size,
@@ -196,7 +201,7 @@ async def create_async_pool(
     name: str = "tenantstore",
 ) -> AsyncConnectionPool:
     """`create_pool` for asyncio: an open `AsyncConnectionPool`."""
-    health = PoolHealth()
+    health = _pgerrors.PoolHealth()
     pool = AsyncConnectionPool(
         conninfo,
         min_size=min_size,

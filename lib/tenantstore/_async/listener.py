@@ -35,11 +35,11 @@ from .. import _sql
 from .._acompat import AEvent, AWorker, aevent_wait, aspawn, astop_worker
 from .._cachestate import NOTHING, CacheState, Revalidation, parse_notification
 from .._listenerstate import ListenerStats
+from .._models import Tenant
 from .._pooler import SERVER_PID, behind_pooler, refused
 from .._redact import redact_conninfo
 from .._rows import tenant_from_row
 from ..errors import InvalidInput
-from ..models import Tenant
 from .cache import AsyncCachedTenantRepository
 
 __all__ = ["CHANNEL", "AsyncTenantCacheListener"]
@@ -77,7 +77,7 @@ PING_CHANNEL: Final = "tenantstore_ping_"
 _STATEMENT_DEADLINES: Final = 5
 
 
-class ListenerLost(Exception):
+class _ListenerLost(Exception):
     """The listener cannot vouch for its caches any more (internal: reconnect)."""
 
 
@@ -125,11 +125,11 @@ class _Heartbeat:
         return max(0.0, until - now)
 
     def tick(self, now: float) -> None:
-        """Send the next ping when due; `ListenerLost` when one is overdue."""
+        """Send the next ping when due; `_ListenerLost` when one is overdue."""
         self._drain()
         if self._waiting_for is not None:
             if now >= self._sent_at + self._deadline:
-                raise ListenerLost(
+                raise _ListenerLost(
                     f"no heartbeat within {self._deadline:g} s: notifications "
                     "do not reach this listener"
                 )
@@ -150,7 +150,7 @@ class _Heartbeat:
         if self._pending:
             # The last ping came back but its statement never finished: this
             # connection is stuck, and would not send the next one.
-            raise ListenerLost("the heartbeat connection does not answer")
+            raise _ListenerLost("the heartbeat connection does not answer")
         self._n += 1
         payload = json.dumps({"op": "PING", "n": self._n}).encode()
         self._pgconn.send_query_params(_PING, [self._channel, payload])
@@ -171,9 +171,9 @@ class _Heartbeat:
                 self._pending = False
             elif result.status != pq.ExecStatus.TUPLES_OK:
                 message = (result.error_message or b"").decode(errors="replace")
-                raise ListenerLost(f"the heartbeat failed: {message.strip()}")
+                raise _ListenerLost(f"the heartbeat failed: {message.strip()}")
             elif result.ntuples == 0:
-                raise ListenerLost(
+                raise _ListenerLost(
                     "the notify triggers of migration 008 are missing or disabled "
                     "on tenants (run `python -m tenantstore migrate up`)"
                 )
@@ -387,7 +387,7 @@ class AsyncTenantCacheListener:
             except psycopg.Error as exc:
                 if not self._stop.is_set():
                     self._log_loss("connection failed or lost (%s)", type(exc).__name__)
-            except ListenerLost as exc:
+            except _ListenerLost as exc:
                 self.heartbeats_missed += 1
                 self._log_loss("%s", exc)
             except Exception:

@@ -24,6 +24,18 @@ from psycopg_pool import AsyncConnectionPool
 
 from .. import _sql
 from .._acompat import AWatchdog
+from .._audit import (
+    AuditEvent,
+    actor_name,
+    audit_params,
+    audit_query,
+    current_actor,
+    event_from_row,
+)
+from .._cipher import KeyCipher, encrypted_key_for_write, rotated_key_for_write
+from .._clock import SYSTEM_CLOCK, Clock
+from .._keys import key_matches_hash, lookup_hash
+from .._models import RecordOutcome, Tenant, UsageRecord, UsageSummary
 from .._pgerrors import (
     RETRY_ONCE,
     STALE_PLAN,
@@ -41,20 +53,7 @@ from .._rows import (
     usage_params,
     utc,
 )
-from ..audit import (
-    AuditEvent,
-    actor_name,
-    audit_params,
-    audit_query,
-    current_actor,
-    event_from_row,
-)
-from ..cipher import KeyCipher, encrypted_key_for_write, rotated_key_for_write
-from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import MODIFIED, CipherError, InvalidInput, StaleVersion, TenantNotFound
-from ..keys import key_matches_hash, lookup_hash
-from ..models import RecordOutcome, Tenant, UsageRecord, UsageSummary
-from ..validation import (
+from .._validation import (
     boolean,
     expected_version,
     grace_period,
@@ -69,6 +68,7 @@ from ..validation import (
     utc_datetime,
     utc_day,
 )
+from ..errors import CipherError, InvalidInput, StaleVersion, TenantNotFound
 
 __all__ = ["AsyncPostgresTenantRepository", "AsyncPostgresUsageRepository"]
 
@@ -99,7 +99,7 @@ def _not_found() -> TenantNotFound:
 
 
 def _modified() -> StaleVersion:
-    return StaleVersion(MODIFIED)
+    return StaleVersion()
 
 
 _log = logging.getLogger("tenantstore.postgres")

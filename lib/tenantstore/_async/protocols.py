@@ -11,8 +11,8 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
 
-from ..audit import AuditEvent
-from ..models import AdminUser, RecordOutcome, Tenant, UsageRecord, UsageSummary
+from .._audit import AuditEvent
+from .._models import AdminUser, RecordOutcome, Tenant, UsageRecord, UsageSummary
 
 
 class AsyncTenantRepository(Protocol):

@@ -20,6 +20,13 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from .._acompat import AOpening, aopening
+from .._cipher import KeyCipher
+from .._clock import Clock
+from .._memory import (
+    AsyncInMemoryAdminUserRepository,
+    AsyncInMemoryTenantRepository,
+    AsyncInMemoryUsageRepository,
+)
 from .._storestate import (
     HEALTH_TIMEOUT,
     Part,
@@ -32,18 +39,11 @@ from .._storestate import (
     pool_health,
     writer_health,
 )
-from ..cipher import KeyCipher
-from ..clock import Clock
 from ..errors import (
     DatabaseUnreachable,
     InvalidInput,
     StoreUnavailable,
     TenantStoreError,
-)
-from ..memory import (
-    AsyncInMemoryAdminUserRepository,
-    AsyncInMemoryTenantRepository,
-    AsyncInMemoryUsageRepository,
 )
 from ..pool import MAX_SIZE, MIN_SIZE, TIMEOUT, create_async_pool
 from .admin import AsyncPostgresAdminUserRepository

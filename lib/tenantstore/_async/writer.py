@@ -20,6 +20,8 @@ from types import TracebackType
 from typing import Final
 
 from .._acompat import AEvent, aevent_wait, aspawn
+from .._clock import SYSTEM_CLOCK, Clock
+from .._models import UsageRecord
 from .._spool import FSYNC_INTERVAL, Spool
 from .._writerstate import (
     OnDone,
@@ -30,9 +32,7 @@ from .._writerstate import (
     backoff,
     report_rejected,
 )
-from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import InvalidInput, StoreUnavailable
-from ..models import UsageRecord
 from .protocols import AsyncUsageRepository
 
 __all__ = ["AsyncUsageWriter"]

@@ -19,13 +19,13 @@ from psycopg_pool import ConnectionPool
 
 from .. import _sql
 from .._acompat import offload
+from .._audit import AuditEvent, actor_name, audit_params, current_actor
+from .._clock import Clock
+from .._models import AdminUser
+from .._passwords import hash_password, verify_password
 from .._rows import admin_from_row, utc
-from ..audit import AuditEvent, actor_name, audit_params, current_actor
-from ..clock import Clock
+from .._validation import admin_user_for_write, is_canonical_id, is_username
 from ..errors import AdminUserNotFound, Conflict, InvalidCredentials
-from ..models import AdminUser
-from ..passwords import hash_password, verify_password
-from ..validation import admin_user_for_write, is_canonical_id, is_username
 from .postgres import ALL, COUNT, ONE, _AsyncPostgres, list_audit
 
 __all__ = ["PostgresAdminUserRepository"]

@@ -43,12 +43,12 @@ from .._budgetstate import (
     month_of,
     plan,
 )
+from .._clock import SYSTEM_CLOCK, Clock
+from .._memory import InMemoryUsageRepository
+from .._models import RecordOutcome, Tenant, UsageRecord
 from .._rows import usage_params, utc
-from ..clock import SYSTEM_CLOCK, Clock
+from .._validation import usage_for_write
 from ..errors import BudgetExceeded, InvalidInput, TenantNotFound, TenantStoreError
-from ..memory import InMemoryUsageRepository
-from ..models import RecordOutcome, Tenant, UsageRecord
-from ..validation import usage_for_write
 from .postgres import ALL, COUNT, ONE, PostgresUsageRepository, _total_cost_query
 from .writer import UsageWriter
 

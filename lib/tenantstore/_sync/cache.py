@@ -21,13 +21,13 @@ from functools import partial
 from typing import Final
 
 from .._acompat import Flight
+from .._audit import AuditEvent
 from .._cachestate import CacheState, CacheStats, Fill
-from ..audit import AuditEvent
-from ..clock import Clock, SystemClock
+from .._clock import Clock, SystemClock
+from .._keys import is_plausible_api_key, is_tagged_api_key, key_secrets
+from .._models import Tenant
+from .._validation import is_key_hash
 from ..errors import DatabaseUnreachable, InvalidInput, TenantNotFound
-from ..keys import is_plausible_api_key, is_tagged_api_key, key_secrets
-from ..models import Tenant
-from ..validation import is_key_hash
 from .protocols import TenantRepository
 
 __all__ = ["CachedTenantRepository"]

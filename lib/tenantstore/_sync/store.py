@@ -21,6 +21,13 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from .._acompat import Opening, opening
+from .._cipher import KeyCipher
+from .._clock import Clock
+from .._memory import (
+    InMemoryAdminUserRepository,
+    InMemoryTenantRepository,
+    InMemoryUsageRepository,
+)
 from .._storestate import (
     HEALTH_TIMEOUT,
     Part,
@@ -33,18 +40,11 @@ from .._storestate import (
     pool_health,
     writer_health,
 )
-from ..cipher import KeyCipher
-from ..clock import Clock
 from ..errors import (
     DatabaseUnreachable,
     InvalidInput,
     StoreUnavailable,
     TenantStoreError,
-)
-from ..memory import (
-    InMemoryAdminUserRepository,
-    InMemoryTenantRepository,
-    InMemoryUsageRepository,
 )
 from ..pool import MAX_SIZE, MIN_SIZE, TIMEOUT, create_pool
 from .admin import PostgresAdminUserRepository

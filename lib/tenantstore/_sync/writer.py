@@ -21,6 +21,8 @@ from types import TracebackType
 from typing import Final
 
 from .._acompat import Event, event_wait, spawn
+from .._clock import SYSTEM_CLOCK, Clock
+from .._models import UsageRecord
 from .._spool import FSYNC_INTERVAL, Spool
 from .._writerstate import (
     OnDone,
@@ -31,9 +33,7 @@ from .._writerstate import (
     exit_flush,
     report_rejected,
 )
-from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import InvalidInput, StoreUnavailable
-from ..models import UsageRecord
 from .protocols import UsageRepository
 
 __all__ = ["UsageWriter"]

@@ -28,9 +28,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from ..errors import InvalidInput, TenantStoreError
-from . import admin, audit, tenant
+from . import _options, admin, audit, tenant
 from . import migrate as migrate_group
-from ._options import Refused
 
 __all__ = ["build_parser", "main"]
 
@@ -118,7 +117,7 @@ def _database_option() -> argparse.ArgumentParser:
         dest="cipher_keys_on_argv",
         nargs="?",
         default=False,
-        action=Refused,
+        action=_options.Refused,
         help=argparse.SUPPRESS,
     )
     return common

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .._models import AdminUser
+from .._roles import ROLES
 from .._sync.admin import PostgresAdminUserRepository
 from ..errors import AdminUserNotFound, InvalidInput
-from ..models import AdminUser
-from ..roles import ROLES
 from ._connection import actor, as_pool, connect
 from ._format import iso, print_json, print_table, printable, shorten
 from ._options import Refused

@@ -14,8 +14,8 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+from .._audit import LIMIT_MAX, AuditChange, AuditEvent
 from .._sync.postgres import PostgresTenantRepository
-from ..audit import LIMIT_MAX, AuditChange, AuditEvent
 from ._connection import as_pool, connect
 from ._format import print_json, print_table, printable, shorten
 

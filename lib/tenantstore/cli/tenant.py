@@ -22,12 +22,12 @@ from typing import Any, Final
 import psycopg
 
 from .. import _sql
+from .._cipher import KeyCipher
+from .._keys import generate_api_key, hash_api_key
+from .._models import Tenant
 from .._pgerrors import translate_error
 from .._sync.postgres import PostgresTenantRepository
-from ..cipher import KeyCipher
 from ..errors import InvalidInput, TenantNotFound
-from ..keys import generate_api_key, hash_api_key
-from ..models import Tenant
 from ._connection import actor, as_pool, connect
 from ._format import iso, print_json, print_table, printable, shorten
 

@@ -24,9 +24,9 @@ from typing import Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ._keys import hash_api_key
+from ._validation import is_canonical_id, key_prefix, utf8
 from .errors import CipherError, InvalidInput
-from .keys import hash_api_key
-from .validation import is_canonical_id, key_prefix, utf8
 
 __all__ = [
     "MIN_DISTINCT_BYTES",

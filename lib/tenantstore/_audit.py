@@ -22,8 +22,8 @@ from decimal import Decimal
 from typing import Any, Final
 
 from ._rows import utc
+from ._validation import text, utc_datetime
 from .errors import InvalidInput
-from .validation import text, utc_datetime
 
 __all__ = ["AuditChange", "AuditEvent", "acting_as"]
 

@@ -22,8 +22,8 @@ import zlib
 from collections.abc import Sequence
 from typing import Final
 
+from ._validation import is_key_hash, utf8
 from .errors import InvalidInput
-from .validation import is_key_hash, utf8
 
 __all__ = [
     "KEY_PREFIX",

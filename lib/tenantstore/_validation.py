@@ -16,9 +16,9 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Final
 
+from ._models import AdminUser, Tenant, UsageRecord
+from ._roles import ROLES
 from .errors import InvalidInput
-from .models import AdminUser, Tenant, UsageRecord
-from .roles import ROLES
 
 __all__ = [
     "BUDGET_MAX",

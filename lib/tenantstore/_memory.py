@@ -18,23 +18,14 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Any
 
+from ._audit import AuditEvent, AuditLog, actor_name, audit_query, current_actor
+from ._cipher import KeyCipher, encrypted_key_for_write, rotated_key_for_write
+from ._clock import SYSTEM_CLOCK, Clock
+from ._keys import key_matches_hash, lookup_hash
+from ._models import AdminUser, RecordOutcome, Tenant, UsageRecord, UsageSummary
+from ._passwords import hash_password, verify_password
 from ._rows import utc
-from .audit import AuditEvent, AuditLog, actor_name, audit_query, current_actor
-from .cipher import KeyCipher, encrypted_key_for_write, rotated_key_for_write
-from .clock import SYSTEM_CLOCK, Clock
-from .errors import (
-    MODIFIED,
-    AdminUserNotFound,
-    CipherError,
-    Conflict,
-    InvalidCredentials,
-    StaleVersion,
-    TenantNotFound,
-)
-from .keys import key_matches_hash, lookup_hash
-from .models import AdminUser, RecordOutcome, Tenant, UsageRecord, UsageSummary
-from .passwords import hash_password, verify_password
-from .validation import (
+from ._validation import (
     admin_user_for_write,
     boolean,
     expected_version,
@@ -50,6 +41,14 @@ from .validation import (
     usage_for_write,
     utc_datetime,
     utc_day,
+)
+from .errors import (
+    AdminUserNotFound,
+    CipherError,
+    Conflict,
+    InvalidCredentials,
+    StaleVersion,
+    TenantNotFound,
 )
 
 __all__ = [
@@ -306,7 +305,7 @@ class InMemoryTenantRepository:
             if old is None:
                 raise _not_found()
             if expected is not None and old.updated_at != expected:
-                raise StaleVersion(MODIFIED)
+                raise StaleVersion()
             owner = state.by_hash.get(tenant.api_key_hash)
             if owner is not None and owner != tenant.id:
                 raise _conflict()
