@@ -1,11 +1,13 @@
 -- Back to one totals row per (tenant, UTC day), rebuilt from the rows: records
--- pruned by prune_usage are no longer counted (their rows are gone).
+-- pruned by prune_usage are no longer counted (their rows are gone). From a run of
+-- 012 that stopped between its steps 1 and 6 (dirty, then forced), 009's table is
+-- still exact (012 kept it) and only the shards are dropped.
 LOCK TABLE usage_records IN SHARE MODE;
 LOCK TABLE usage_daily_totals IN ACCESS EXCLUSIVE MODE;
 
 DROP FUNCTION IF EXISTS tenantstore_prune_usage(timestamptz, integer);
 
--- 009's trigger function, as 009 wrote it (its pinned search_path is kept).
+-- 009's trigger functions, as 009 wrote them.
 CREATE OR REPLACE FUNCTION tenantstore_usage_totals_apply() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -55,19 +57,51 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION tenantstore_usage_totals_truncate() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- DELETE, not TRUNCATE: the table may be in the same TRUNCATE ... CASCADE.
+    DELETE FROM usage_daily_totals;
+    RETURN NULL;
+END
+$$;
+
+-- CREATE OR REPLACE drops a function's settings: pinned again, as in 009.
+DO $$
+BEGIN
+    EXECUTE format(
+        'ALTER FUNCTION tenantstore_usage_totals_apply() SET search_path = pg_catalog, %I, pg_temp',
+        current_schema());
+    EXECUTE format(
+        'ALTER FUNCTION tenantstore_usage_totals_truncate() SET search_path = pg_catalog, %I, pg_temp',
+        current_schema());
+END
+$$;
+
 DROP FUNCTION IF EXISTS tenantstore_usage_totals_shard_add(
     uuid, date, text, numeric, bigint, bigint, bigint, boolean);
 
-DELETE FROM usage_daily_totals;
-ALTER TABLE usage_daily_totals
-    DROP CONSTRAINT usage_daily_totals_pkey,
-    DROP COLUMN model,
-    DROP COLUMN shard,
-    DROP COLUMN input_tokens,
-    DROP COLUMN output_tokens,
-    ADD PRIMARY KEY (tenant_id, day);
-
-INSERT INTO usage_daily_totals (tenant_id, day, cost_usd, records)
-SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date, sum(cost_usd), count(*)
-  FROM usage_records
- GROUP BY 1, 2;
+DO $$
+BEGIN
+    IF to_regclass('usage_totals_shards') IS NOT NULL THEN
+        DROP TABLE usage_totals_shards;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                    WHERE attrelid = 'usage_daily_totals'::regclass
+                      AND attname = 'model' AND NOT attisdropped) THEN
+        RETURN;  -- 012 stopped before its step 6: 009's table is as it was
+    END IF;
+    DELETE FROM usage_daily_totals;
+    ALTER TABLE usage_daily_totals
+        DROP CONSTRAINT usage_daily_totals_pkey,
+        DROP COLUMN model,
+        DROP COLUMN shard,
+        DROP COLUMN input_tokens,
+        DROP COLUMN output_tokens,
+        ADD PRIMARY KEY (tenant_id, day);
+    INSERT INTO usage_daily_totals (tenant_id, day, cost_usd, records)
+    SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date, sum(cost_usd), count(*)
+      FROM usage_records
+     GROUP BY 1, 2;
+END
+$$;

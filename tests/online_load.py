@@ -140,8 +140,9 @@ class ServingLoop:
                     request = (str(row[0]), f"loop-{n}")
                     go.execute(
                         GO_RECORD_USAGE,
-                        (*request, "gpt-4o", "openai", 1, 2, 0.000125, False, 3,
-                         "success", "2025-01-15T12:00:00Z"),
+                        (*request, ("gpt-4o", "gpt-4o-mini")[n % 2], "openai",
+                         1, 2, 0.000125, False, 3, "success",
+                         "2025-01-15T12:00:00Z"),
                     )  # fmt: skip
                     self.longest = max(self.longest, time.perf_counter() - started)
                     self.recorded.append(request)

@@ -209,6 +209,7 @@ def test_available_lists_the_shipped_migrations_in_order() -> None:
         "007_usage_request_index_drop.up.sql",
         "007_usage_request_index_drop.down.sql",
         "010_usage_daily_totals_backfill.up.sql",
+        "012_usage_totals_shards.up.sql",
         "015_key_lifecycle_index.up.sql",
         "015_key_lifecycle_index.down.sql",
     }

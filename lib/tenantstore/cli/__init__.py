@@ -2,8 +2,9 @@
 
 One module per command group: ``migrate`` (`tenantstore.migrate`), ``tenant``
 (create, list, show, enable, disable, delete, rotate-key, reveal-key), ``admin``
-(the admin API's users: create, list, enable, disable, set-password, delete) and
-``audit`` (list the audit log); `_format` holds the output shared by all, and
+(the admin API's users: create, list, enable, disable, set-password, delete),
+``audit`` (list the audit log) and ``usage`` (a tenant's usage summary by day and
+model; prune old records); `_format` holds the output shared by all, and
 `_connection` the one plain connection each command uses. This module parses
 arguments and runs the command's handler. The database is ``$DATABASE_URL`` or
 ``--database-url`` (a password in the latter draws a warning: ``ps`` and shell
@@ -28,7 +29,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from ..errors import InvalidInput, TenantStoreError
-from . import _options, admin, audit, tenant
+from . import _options, admin, audit, tenant, usage
 from . import migrate as migrate_group
 
 __all__ = ["build_parser", "main"]
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     tenant.add_parser(groups, [database, acting])
     admin.add_parser(groups, [database, acting])
     audit.add_parser(groups, [database])
+    usage.add_parser(groups, [database])
     return parser
 
 
