@@ -42,7 +42,7 @@ from tenantstore import (
     generate_api_key,
     hash_api_key,
 )
-from tenantstore._cachestate import NOTHING, parse_notification
+from tenantstore._notification import NOTHING, parse_notification
 from tenantstore.keys import KEY_PREFIX
 from tests.fix_backends import FakeClock
 from tests.polling import async_wait_until, wait_until

@@ -13,7 +13,7 @@ from ._async.listener import AsyncTenantCacheListener
 from ._async.postgres import AsyncPostgresTenantRepository, AsyncPostgresUsageRepository
 from ._async.writer import AsyncUsageWriter
 from ._budgetstate import BudgetAlert, BudgetStats, BudgetStatus
-from ._cachestate import CacheStats
+from ._cachestats import CacheStats
 from ._sync.admin import PostgresAdminUserRepository
 from ._sync.budget import BudgetGuard, Reservation
 from ._sync.cache import CachedTenantRepository

@@ -19,7 +19,8 @@ from functools import partial
 from typing import Final
 
 from .._acompat import AFlight
-from .._cachestate import CacheState, CacheStats, Fill
+from .._cachestate import CacheState, Fill
+from .._cachestats import CacheStats
 from ..audit import AuditEvent
 from ..clock import Clock, SystemClock
 from ..errors import DatabaseUnreachable, InvalidInput, TenantNotFound

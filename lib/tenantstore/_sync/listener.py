@@ -34,7 +34,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .. import _sql
 from .._acompat import Event, Worker, event_wait, spawn, stop_worker
-from .._cachestate import NOTHING, CacheState, Revalidation, parse_notification
+from .._cachestate import CacheState, Revalidation
+from .._notification import NOTHING, parse_notification
 from .._rows import tenant_from_row
 from ..errors import InvalidInput
 from ..models import Tenant
