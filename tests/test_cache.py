@@ -42,8 +42,8 @@ from tenantstore import (
     generate_api_key,
     hash_api_key,
 )
-from tenantstore._cachestate import NOTHING, parse_notification
 from tenantstore._keys import KEY_PREFIX
+from tenantstore._notification import NOTHING, parse_notification
 from tests.fix_backends import FakeClock
 from tests.polling import async_wait_until, wait_until
 

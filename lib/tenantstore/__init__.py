@@ -15,7 +15,7 @@ from ._async.store import AsyncStore
 from ._async.writer import AsyncUsageWriter
 from ._audit import AuditChange, AuditEvent, acting_as
 from ._budgetstate import BudgetAlert, BudgetStats, BudgetStatus
-from ._cachestate import CacheStats
+from ._cachestats import CacheStats
 from ._cipher import KeyCipher
 from ._clock import Clock, SystemClock
 from ._keys import generate_api_key, hash_api_key, is_plausible_api_key

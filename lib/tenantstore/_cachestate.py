@@ -7,36 +7,27 @@ One mechanism keeps fills honest: an epoch that every invalidation moves on; a f
 stores what it read, and is joined, only while the epoch it began in lasts. All
 under one `threading.Lock`, never held across I/O, so a sync listener thread and an
 async cache can share a state; how a fill runs (`flight`) is the twins' business.
-`Revalidation` is a reconnecting listener's snapshot, `parse_notification` reads
-the trigger's payload (migrations 008, 011), and a forked child resets every live
-state (`_after_fork`): it has none of its parent's threads, listeners or locks.
+`Revalidation` is a reconnecting listener's snapshot, and a forked child resets every
+live state (`_after_fork`): it has none of its parent's threads, listeners or locks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Final, Generic, TypeVar
 
 from cachetools import TTLCache
 
+from ._cachestats import CacheStats
 from ._models import Tenant
-from ._validation import is_canonical_id, is_key_hash
 
-__all__ = [
-    "NOTHING",
-    "CacheState",
-    "CacheStats",
-    "Fill",
-    "Revalidation",
-    "parse_notification",
-]
+__all__ = ["CacheState", "Fill", "Revalidation"]
 
 F = TypeVar("F")
 
@@ -66,59 +57,19 @@ def key_expiry(tenant: Tenant, key: str) -> datetime | bool | None:
     return current if previous is None else max(current, previous)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CacheStats:
-    """A snapshot of a `CachedTenantRepository`'s counters and sizes.
-
-    Every key lookup counts once, as exactly one of: `hits` (a fresh entry),
-    `negative_hits` (a fresh "no such key" entry), `rejected` (malformed, or a key in
-    our format whose checksum fails: answered without a query or a slot), or
-    `misses` (asked the inner store, or joined a caller already asking). `fills`
-    counts inner lookups, so `misses - fills` callers were spared one by single
-    flight. `invalidations` counts `invalidate()`, `expire_all()` and `clear()` calls
-    (writes through the cache, notifications, listener drops); `stale_serves` the
-    answers given from an expired entry while the store was unavailable; `evictions`
-    the entries dropped to make room (`maxsize` too small, or a flood of unknown
-    keys filling the negative cache). `size`, `negative_size` and
-    `in_flight` are current. Counters updated without the lock (the hit path) may
-    miss an increment when threads race: they are monitoring figures, not ledgers.
-    """
-
-    __module__ = "tenantstore"
-
-    hits: int
-    misses: int
-    negative_hits: int
-    rejected: int
-    fills: int
-    invalidations: int
-    stale_serves: int
-    evictions: int
-    size: int
-    negative_size: int
-    in_flight: int
-
-
+@dataclass(slots=True, eq=False)
 class Fill(Generic[F]):
     """One inner lookup of `key`, shared by every caller that missed meanwhile.
 
     Begun in `epoch`: once an invalidation moved the epoch on, its outcome goes to
     the callers already waiting but is never stored, and nobody joins it any more.
+    `flight` (how the twin runs it) is set by `CacheState.join`.
     """
 
-    __slots__ = ("epoch", "flight", "key", "started")
-
-    def __init__(
-        self,
-        key: str,
-        started: float,
-        epoch: int,
-        new_flight: Callable[[Fill[F]], F],
-    ) -> None:
-        self.key = key
-        self.started = started
-        self.epoch = epoch
-        self.flight = new_flight(self)
+    key: str
+    started: float
+    epoch: int
+    flight: F = field(init=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +93,8 @@ class _Book(TTLCache[str, object, float]):
 
     The hit path never touches it (a `TTLCache.get` costs more than the whole hit
     budget); it is told of every store and removal, and tells the state, through
-    `on_drop`, what it expires or evicts so the fast dict drops it too. Its values
+    `on_drop`, what it expires or evicts (and whether it evicted) so the fast dict
+    drops it too. Its values
     are the stored objects themselves, so a drop can check by identity that the
     fast dict still holds what was booked.
     """
@@ -152,23 +104,20 @@ class _Book(TTLCache[str, object, float]):
         maxsize: int,
         ttl: float,
         timer: Callable[[], float],
-        on_drop: Callable[[str, object], None],
-        on_evict: Callable[[], None],
+        on_drop: Callable[[str, object, bool], None],
     ) -> None:
         super().__init__(maxsize, ttl, timer)
         self._on_drop = on_drop
-        self._on_evict = on_evict
 
     def expire(self, time: float | None = None) -> list[tuple[str, object]]:
         expired = super().expire(time)
         for key, value in expired:
-            self._on_drop(key, value)
+            self._on_drop(key, value, False)
         return expired
 
     def popitem(self) -> tuple[str, object]:
         key, value = super().popitem()
-        self._on_drop(key, value)
-        self._on_evict()
+        self._on_drop(key, value, True)
         return key, value
 
     def forget(self, key: str) -> None:
@@ -220,26 +169,16 @@ class CacheState(Generic[F]):
         # served stale. Books are replaced, never cleared: clearing a cachetools
         # cache item by item (as some versions do) would count evictions.
         self._new_book: Callable[[], _Book] = lambda: _Book(
-            maxsize, ttl + stale_if_error, now, self._dropped, self._evicted
+            maxsize, ttl + stale_if_error, now, self._dropped
         )
         self._new_negative_book: Callable[[], _Book] = lambda: _Book(
-            max(negative_maxsize, 1),
-            negative_ttl,
-            now,
-            self._negative_dropped,
-            self._evicted,
+            max(negative_maxsize, 1), negative_ttl, now, self._negative_dropped
         )
         self._book = self._new_book()
         self._negative_book = self._new_negative_book()
         self._negative_enabled = negative_ttl > 0 and negative_maxsize > 0
-        self.hits = 0
-        self.misses = 0
-        self.negative_hits = 0
-        self.rejected = 0
-        self.fills = 0
-        self.invalidations = 0
-        self.stale_serves = 0
-        self.evictions = 0
+        self.hits = self.misses = self.negative_hits = self.rejected = 0
+        self.fills = self.invalidations = self.stale_serves = self.evictions = 0
         _LIVE.add(self)
 
     # -- lookups ---------------------------------------------------------------
@@ -262,7 +201,8 @@ class CacheState(Generic[F]):
             fill = self._in_flight.get(key)
             if fill is not None and fill.epoch == self._epoch:
                 return fill, False
-            fill = Fill(key, now, self._epoch, new_flight)
+            fill = Fill(key, now, self._epoch)
+            fill.flight = new_flight(fill)
             self._in_flight[key] = fill
             self._flying.add(fill)
             self.fills += 1
@@ -440,28 +380,17 @@ class CacheState(Generic[F]):
         """Drop every entry and negative entry; fills in flight store nothing."""
         with self.lock:
             self.invalidations += 1
-            self._epoch += 1
-            self.entries.clear()
-            self.negatives.clear()
-            self._ids.clear()
-            self._book = self._new_book()
-            self._negative_book = self._new_negative_book()
+            self._reset()
 
     def stats(self) -> CacheStats:
         with self.lock:
-            return CacheStats(
-                hits=self.hits,
-                misses=self.misses,
-                negative_hits=self.negative_hits,
-                rejected=self.rejected,
-                fills=self.fills,
-                invalidations=self.invalidations,
-                stale_serves=self.stale_serves,
-                evictions=self.evictions,
-                size=len(self.entries),
-                negative_size=len(self.negatives),
-                in_flight=len(self._flying),
-            )
+            sizes = {
+                "size": len(self.entries),
+                "negative_size": len(self.negatives),
+                "in_flight": len(self._flying),
+            }
+            counters = {f.name: getattr(self, f.name) for f in _COUNTERS}
+            return CacheStats(**counters, **sizes)
 
     # -- under the lock --------------------------------------------------------
 
@@ -474,14 +403,18 @@ class CacheState(Generic[F]):
         self.lock = threading.Lock()
         self._in_flight.clear()
         self._flying.clear()
+        self._reset()
+        self._suspended = 1 if self._listeners else 0
+        self._listeners = 0
+
+    def _reset(self) -> None:
+        # Books are replaced, never cleared (see __init__).
         self._epoch += 1
         self.entries.clear()
         self.negatives.clear()
         self._ids.clear()
         self._book = self._new_book()
         self._negative_book = self._new_negative_book()
-        self._suspended = 1 if self._listeners else 0
-        self._listeners = 0
 
     def _expire_all(self) -> None:
         self.invalidations += 1
@@ -515,59 +448,26 @@ class CacheState(Generic[F]):
         if self.negatives.pop(key, None) is not None:
             self._negative_book.forget(key)
 
-    def _dropped(self, key: str, tenant: object) -> None:
+    def _dropped(self, key: str, tenant: object, evicted: bool) -> None:
         # Called by the book while it expires or evicts, under the lock.
+        self.evictions += evicted
         entry = self.entries.get(key)
         if entry is not None and entry[0] is tenant:
             del self.entries[key]
             self._unindex(entry[0].id, key)
 
-    def _negative_dropped(self, key: str, fresh_until: object) -> None:
+    def _negative_dropped(self, key: str, fresh_until: object, evicted: bool) -> None:
+        self.evictions += evicted
         if self.negatives.get(key) is fresh_until:
             del self.negatives[key]
 
-    def _evicted(self) -> None:
-        self.evictions += 1
 
-
-# A notification that changes nothing (a heartbeat).
-NOTHING: Final[tuple[str | None, tuple[str, ...]]] = (None, ())
-
-
-def parse_notification(payload: str) -> tuple[str | None, tuple[str, ...]] | None:
-    """The tenant id and key hashes a trigger notification names.
-
-    None when everything must be dropped: a TRUNCATE (every tenant is gone), or
-    anything that does not parse as a row change (a listener that cannot tell what
-    changed must assume everything did). `NOTHING` for a heartbeat (`"PING"`).
-    """
-    try:
-        change = json.loads(payload)
-    except ValueError:
-        return None
-    if not isinstance(change, dict):
-        return None
-    if change.get("op") == "PING":
-        return NOTHING
-    if change.get("op") not in _ROW_OPS:
-        return None
-    tenant_id = change.get("id")
-    # The previous keys' hashes since migration 011 (a rotation names three).
-    values = tuple(
-        change.get(name) for name in ("old", "new", "old_previous", "new_previous")
-    )
-    if not is_canonical_id(tenant_id) or not all(
-        value is None or isinstance(value, str) for value in values
-    ):
-        return None
-    assert isinstance(tenant_id, str)
-    # A stored hash in another form (written by hand) is no key the cache uses: no
-    # lookup hash can equal it, and the id still finds the tenant's entry.
-    return tenant_id, tuple(v for v in values if isinstance(v, str) and is_key_hash(v))
-
-
-_ROW_OPS: Final = frozenset({"INSERT", "UPDATE", "DELETE"})
-
+# CacheStats' counters: the rest are sizes, read when the snapshot is taken.
+_COUNTERS: Final = [
+    f
+    for f in fields(CacheStats)
+    if f.name not in {"size", "negative_size", "in_flight"}
+]
 
 # Every live state of this process, for `_after_fork`.
 _LIVE: Final[weakref.WeakSet[CacheState[Any]]] = weakref.WeakSet()

@@ -22,7 +22,8 @@ from typing import Final
 
 from .._acompat import Flight
 from .._audit import AuditEvent
-from .._cachestate import CacheState, CacheStats, Fill
+from .._cachestate import CacheState, Fill
+from .._cachestats import CacheStats
 from .._clock import Clock, SystemClock
 from .._keys import is_plausible_api_key, is_tagged_api_key, key_secrets
 from .._models import Tenant

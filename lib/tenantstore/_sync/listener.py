@@ -34,9 +34,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .. import _sql
 from .._acompat import Event, Worker, event_wait, spawn, stop_worker
-from .._cachestate import NOTHING, CacheState, Revalidation, parse_notification
+from .._cachestate import CacheState, Revalidation
 from .._listenerstate import ListenerStats
 from .._models import Tenant
+from .._notification import NOTHING, parse_notification
 from .._pooler import SERVER_PID, behind_pooler, refused
 from .._redact import redact_conninfo
 from .._rows import tenant_from_row
