@@ -37,7 +37,7 @@ _log = logging.getLogger("tenantstore.cache")
 # Bound once: the hit path pays for a global load and a call, nothing more.
 _sha256: Final = hashlib.sha256
 # str's own encode, not the key's: a str subclass is looked up by its characters
-# (whatever its methods say), on a hit as on a miss (`keys.lookup_hash`); anything
+# (whatever its methods say), on a hit as on a miss (`_keys.lookup_hash`); anything
 # else raises TypeError.
 _encode: Final = str.encode
 
