@@ -18,8 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
-from psycopg.conninfo import conninfo_to_dict
-
 from ._writerstate import UsageWriterStats
 from .errors import InvalidInput, StoreUnavailable
 
@@ -29,7 +27,6 @@ __all__ = [
     "PartHealth",
     "StoreHealth",
     "database_health",
-    "describe_url",
     "listener_health",
     "part_options",
     "pool_health",
@@ -141,15 +138,3 @@ def pool_health(stats: Mapping[str, int], max_size: int, closed: bool) -> PartHe
     if closed:
         return PartHealth(False, f"closed; {numbers}")
     return PartHealth(True, numbers)
-
-
-def describe_url(url: str) -> str:
-    """Where `url` points, for a message: host, port and database, no secret."""
-    try:
-        params = conninfo_to_dict(url)
-    except Exception:  # a malformed URL: the driver's message would echo it
-        return "the database"
-    host = params.get("host") or params.get("hostaddr") or "localhost"
-    port = params.get("port") or "5432"
-    dbname = params.get("dbname") or params.get("user") or ""
-    return f"{host}:{port}/{dbname}"

@@ -28,13 +28,13 @@ from .._memory import (
     InMemoryTenantRepository,
     InMemoryUsageRepository,
 )
+from .._redact import redact_conninfo
 from .._storestate import (
     HEALTH_TIMEOUT,
     Part,
     PartHealth,
     StoreHealth,
     database_health,
-    describe_url,
     listener_health,
     part_options,
     pool_health,
@@ -252,7 +252,7 @@ class Store:
                 if not made_listener.wait_connected(timeout):
                     raise DatabaseUnreachable(
                         "cannot open the store: the cache listener is not "
-                        f"listening to {describe_url(listen_url or url)} after "
+                        f"listening to {redact_conninfo(listen_url or url)} after "
                         f"{timeout:g} s (the database is out of reach on that "
                         "path, or notifications do not come back: a "
                         "transaction-pooling proxy, or migrations not applied; "
@@ -398,7 +398,7 @@ def _check_database(pool: ConnectionPool, url: str, timeout: float) -> None:
     except StoreUnavailable as exc:
         error = DatabaseUnreachable if isinstance(exc, DatabaseUnreachable) else None
         raise (error or StoreUnavailable)(
-            f"cannot open the store: {describe_url(url)} did not answer within "
+            f"cannot open the store: {redact_conninfo(url)} did not answer within "
             f"{timeout:g} s ({exc})"
         ) from exc
 
