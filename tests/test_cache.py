@@ -391,6 +391,54 @@ class CacheAgreement(RuleBasedStateMachine):
     def forget(self, how: str) -> None:
         getattr(self.cached, how)()
 
+    @rule(
+        unnoticed=st.lists(
+            st.tuples(slots, st.sampled_from(["disable", "enable", "rotate"])),
+            max_size=2,
+        ),
+        key=machine_keys,
+        looked_up=st.lists(machine_keys, max_size=2),
+        meanwhile=st.sampled_from(["nothing", "expire_all", "lookup"]),
+    )
+    def listener_reconnects(
+        self,
+        unnoticed: list[tuple[int, str]],
+        key: str,
+        looked_up: list[str],
+        meanwhile: str,
+    ) -> None:
+        """The listener loses its connection; writes go on unnoticed (no
+        invalidate) and lookups fill while it is down; it listens again and
+        revalidates against what the store holds, as `_listen` does, with an
+        `expire_all` or a lookup `meanwhile` (while its query runs)."""
+        state = self.cached._state
+        state.suspend()
+        for n, change in unnoticed:
+            found = outcome(partial(self.plain.get_by_id, MACHINE_IDS[n]))
+            if found[0] != "ok":
+                continue
+            changed: dict[str, Any] = {
+                "disable": {"enabled": False},
+                "enable": {"enabled": True},
+                "rotate": {"api_key_hash": hash_api_key(key)},
+            }[change]
+            t = dataclasses.replace(found[1], **changed)
+            expected = outcome(partial(self.plain.update, t))
+            assert outcome(partial(self.behind.update, t)) == expected
+        for looked in looked_up:
+            self.agree(partial(lookup_by_key, key=looked))
+        snapshot = state.revalidation()
+        if meanwhile == "expire_all":
+            self.cached.expire_all()
+        elif meanwhile == "lookup":
+            self.agree(partial(lookup_by_key, key=key))
+        rows: dict[str, Tenant] = {}
+        for t in self.behind.list():
+            for cached in (t.api_key_hash, t.previous_api_key_hash):
+                if cached in snapshot.keys:
+                    rows[cached] = t
+        state.resume(snapshot, rows)
+
     @invariant()
     def every_key_agrees(self) -> None:
         # Checked after every step, so a stale answer cannot hide until a rule

@@ -3,17 +3,17 @@
 `CacheState` holds the positive entries (key hash -> `Entry`, a plain dict the hit
 path reads without a lock), the negative entries, the fills in flight, the id ->
 hashes index (two while a key is in grace) and the counters behind `CacheStats`.
-One mechanism keeps fills honest: an epoch that every invalidation moves on; a fill
-stores what it read, and is joined, only while the epoch it began in lasts. All
-under one `threading.Lock`, never held across I/O, so a sync listener thread and an
-async cache can share a state; how a fill runs (`flight`) is the twins' business.
-`Revalidation` is a reconnecting listener's snapshot, and a forked child resets every
-live state (`_after_fork`): it has none of its parent's threads, listeners or locks.
+One mechanism keeps fills honest: an epoch that every invalidation moves on. A fill
+stores what it read, and is joined, only while the epoch it began in lasts; every
+entry carries the epoch it was last written in, which is all a reconnecting
+listener's `Revalidation` needs. All under one `threading.Lock`, never held across
+I/O, so a sync listener thread and an async cache can share a state; how a fill
+runs (`flight`) is the twins' business. A forked child resets every live state
+(`_after_fork`): it has none of its parent's threads, listeners or locks.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import weakref
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Final, Generic, TypeVar
 
-from cachetools import TTLCache
-
+from ._cachebook import Book
 from ._cachestats import CacheStats
+from ._keys import key_expiry
 from ._models import Tenant
 
 __all__ = ["CacheState", "Fill", "Revalidation"]
@@ -34,27 +34,14 @@ F = TypeVar("F")
 # (tenant, fresh_until, expires, epoch), replaced whole: a reader without the lock
 # sees an old entry or a new one. `expires`: the monotonic instant the key ends (inf:
 # never), mapped from its wall-clock expiry at fill time; `fresh_until` never passes
-# it, so the hit path's one compare ends the key too. `epoch`: its fill's.
+# it, so the hit path's one compare ends the key too. `epoch`: the one it was last
+# written in (by its fill, or by `_expire_all`).
 Entry = tuple[Tenant, float, float, int]
 
 _NEVER: Final = float("inf")
 # Taken off a mapped expiry: float sums of the monotonic clock may round an ulp
 # late, and ending an entry early costs one lookup of the store, never a wrong answer.
 _MARGIN: Final = 1e-6
-
-
-def key_expiry(tenant: Tenant, key: str) -> datetime | bool | None:
-    """When `key` stops authenticating `tenant`, as the stores decide: None for
-    never, False when it is neither its current nor its previous key."""
-    previous = tenant.previous_api_key_expires_at
-    if tenant.previous_api_key_hash != key:
-        previous = None
-    if tenant.api_key_hash != key:
-        return False if previous is None else previous
-    current = tenant.api_key_expires_at
-    if current is None:
-        return None
-    return current if previous is None else max(current, previous)
 
 
 @dataclass(slots=True, eq=False)
@@ -74,56 +61,13 @@ class Fill(Generic[F]):
 
 @dataclass(frozen=True, slots=True)
 class Revalidation:
-    """What a listener must confirm after it listens again (see `CacheState.resume`).
+    """What a listener that listens again must confirm (see `CacheState.resume`):
+    the `keys` cached when it was taken, at `started`, when the state's epoch moved
+    on to `epoch`. An entry still of an older epoch is as it was then."""
 
-    `entries` maps each cached key hash to the entry object it held when the
-    snapshot was taken: an entry replaced or dropped since (a notification, a fill)
-    is no longer that object, and is left alone. `started` is when the snapshot was
-    taken, before the query: confirmed entries are fresh for `ttl` from then.
-    Fills begun in `epoch` (the state's, just moved on) read the store after LISTEN.
-    """
-
-    entries: Mapping[str, Entry]
+    keys: tuple[str, ...]
     started: float
     epoch: int
-
-
-class _Book(TTLCache[str, object, float]):
-    """cachetools' size and age bookkeeping for one fast dict.
-
-    The hit path never touches it (a `TTLCache.get` costs more than the whole hit
-    budget); it is told of every store and removal, and tells the state, through
-    `on_drop`, what it expires or evicts (and whether it evicted) so the fast dict
-    drops it too. Its values
-    are the stored objects themselves, so a drop can check by identity that the
-    fast dict still holds what was booked.
-    """
-
-    def __init__(
-        self,
-        maxsize: int,
-        ttl: float,
-        timer: Callable[[], float],
-        on_drop: Callable[[str, object, bool], None],
-    ) -> None:
-        super().__init__(maxsize, ttl, timer)
-        self._on_drop = on_drop
-
-    def expire(self, time: float | None = None) -> list[tuple[str, object]]:
-        expired = super().expire(time)
-        for key, value in expired:
-            self._on_drop(key, value, False)
-        return expired
-
-    def popitem(self) -> tuple[str, object]:
-        key, value = super().popitem()
-        self._on_drop(key, value, True)
-        return key, value
-
-    def forget(self, key: str) -> None:
-        """Drop `key`'s bookkeeping, expired or not (`pop` skips expired keys)."""
-        with contextlib.suppress(KeyError):
-            del self[key]
 
 
 class CacheState(Generic[F]):
@@ -157,8 +101,7 @@ class CacheState(Generic[F]):
         # Tenant id -> the key hashes it is cached under (two while in grace).
         self._ids: dict[str, set[str]] = {}
         self._in_flight: dict[str, Fill[F]] = {}
-        # Fills not yet finished, overtaken or not (for `stats`).
-        self._flying: set[Fill[F]] = set()
+        self._flying = 0  # fills not yet finished, overtaken or not (for `stats`)
         # Moved on by every invalidation; see the module docstring.
         self._epoch = 0
         # Listeners attached (started, not closed) and how many of them are not
@@ -168,10 +111,10 @@ class CacheState(Generic[F]):
         # An entry stays booked past its freshness for as long as it may be
         # served stale. Books are replaced, never cleared: clearing a cachetools
         # cache item by item (as some versions do) would count evictions.
-        self._new_book: Callable[[], _Book] = lambda: _Book(
+        self._new_book: Callable[[], Book] = lambda: Book(
             maxsize, ttl + stale_if_error, now, self._dropped
         )
-        self._new_negative_book: Callable[[], _Book] = lambda: _Book(
+        self._new_negative_book: Callable[[], Book] = lambda: Book(
             max(negative_maxsize, 1), negative_ttl, now, self._negative_dropped
         )
         self._book = self._new_book()
@@ -204,7 +147,7 @@ class CacheState(Generic[F]):
             fill = Fill(key, now, self._epoch)
             fill.flight = new_flight(fill)
             self._in_flight[key] = fill
-            self._flying.add(fill)
+            self._flying += 1
             self.fills += 1
             return fill, True
 
@@ -331,7 +274,7 @@ class CacheState(Generic[F]):
         """
         with self.lock:
             self._epoch += 1
-            return Revalidation(dict(self.entries), self.now(), self._epoch)
+            return Revalidation(tuple(self.entries), self.now(), self._epoch)
 
     def resume(
         self,
@@ -341,12 +284,12 @@ class CacheState(Generic[F]):
         """A listener is listening again; returns how many entries it dropped.
 
         With a `revalidation` and the `rows` its query found (key hash -> tenant,
-        enabled or not): an entry still exactly as snapshotted is fresh again for
-        `ttl` from the snapshot if its tenant is unchanged and enabled, and dropped
-        (never served stale) otherwise; an entry replaced or dropped since is left
-        as it is, unless a fill of the snapshot's epoch stored it (it read the store
-        after LISTEN): then it is fresh for `ttl` from that fill's start. Never past
-        a key's expiry. Without a revalidation, entries stay expired.
+        enabled or not): an entry of an epoch before the snapshot's is fresh again
+        for `ttl` from the snapshot if its tenant is unchanged and enabled, and
+        dropped (never served stale) otherwise; one of the snapshot's epoch was
+        stored by a fill that read the store after LISTEN, and is fresh for `ttl`
+        from that fill's start; a later one is left as it is. Never past a key's
+        expiry. Without a revalidation, entries stay expired.
         """
         with self.lock:
             self._suspended = max(0, self._suspended - 1)
@@ -357,23 +300,23 @@ class CacheState(Generic[F]):
             fresh = revalidation.started + self.ttl if not self._suspended else None
             dropped = 0
             entries = self.entries
-            for key, entry in revalidation.entries.items():
-                if entries.get(key) is not entry:
-                    continue  # invalidated, refilled or expired since the snapshot
-                tenant = entry[0]
-                row = rows.get(key)
-                if row is None or row != tenant or not row.enabled:
-                    self._drop(key)
-                    dropped += 1
-                elif fresh is not None:
+            for key, entry in list(entries.items()):
+                tenant, fresh_until, expires, epoch = entry
+                if entries.get(key) is not entry or epoch > revalidation.epoch:
+                    continue  # evicted just now, or invalidated since the snapshot
+                if epoch < revalidation.epoch:
+                    row = rows.get(key)
+                    if row is None or row != tenant or not row.enabled:
+                        self._drop(key)
+                        dropped += 1
+                        continue
+                    if fresh is None:
+                        continue
+                    fresh_until = revalidation.started
                     self._book[key] = tenant  # may expire or evict: before the dict
-                    if key in entries:
-                        entries[key] = (tenant, min(fresh, entry[2]), *entry[2:])
-            if fresh is not None:
-                for key, entry in list(entries.items()):
-                    if entry[3] == revalidation.epoch:
-                        ttl_end = min(entry[1] + self.ttl, entry[2])
-                        entries[key] = (entry[0], ttl_end, *entry[2:])
+                if fresh is not None and key in entries:
+                    fresh_until = min(fresh_until + self.ttl, expires)
+                    entries[key] = (tenant, fresh_until, expires, epoch)
             return dropped
 
     def clear(self) -> None:
@@ -387,7 +330,7 @@ class CacheState(Generic[F]):
             sizes = {
                 "size": len(self.entries),
                 "negative_size": len(self.negatives),
-                "in_flight": len(self._flying),
+                "in_flight": self._flying,
             }
             counters = {f.name: getattr(self, f.name) for f in _COUNTERS}
             return CacheStats(**counters, **sizes)
@@ -402,7 +345,7 @@ class CacheState(Generic[F]):
         # kept fresh stays suspended until it has a listener of its own (`attach`).
         self.lock = threading.Lock()
         self._in_flight.clear()
-        self._flying.clear()
+        self._flying = 0
         self._reset()
         self._suspended = 1 if self._listeners else 0
         self._listeners = 0
@@ -419,16 +362,16 @@ class CacheState(Generic[F]):
     def _expire_all(self) -> None:
         self.invalidations += 1
         self._epoch += 1
-        now = self.now()
+        now, epoch = self.now(), self._epoch
         entries = self.entries
-        for key, entry in list(entries.items()):
-            if entry[1] > now:
-                entries[key] = (entry[0], now, *entry[2:])
+        for key, (tenant, fresh_until, expires, _) in list(entries.items()):
+            if fresh_until > now:
+                entries[key] = (tenant, now, expires, epoch)
         self.negatives.clear()
         self._negative_book = self._new_negative_book()
 
     def _retire(self, fill: Fill[F]) -> None:
-        self._flying.discard(fill)
+        self._flying = max(0, self._flying - 1)  # 0 after a fork: not the child's
         if self._in_flight.get(fill.key) is fill:
             del self._in_flight[fill.key]
 

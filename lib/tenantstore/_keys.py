@@ -20,8 +20,10 @@ import re
 import secrets
 import zlib
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Final
 
+from ._models import Tenant
 from ._validation import is_key_hash, utf8
 from .errors import InvalidInput
 
@@ -31,6 +33,7 @@ __all__ = [
     "hash_api_key",
     "is_plausible_api_key",
     "is_tagged_api_key",
+    "key_expiry",
     "key_matches_hash",
     "key_secrets",
     "lookup_hash",
@@ -184,3 +187,17 @@ def key_matches_hash(api_key: str, api_key_hash: object) -> bool:
         return False
     assert isinstance(api_key_hash, str)
     return hmac.compare_digest(hash_api_key(api_key), api_key_hash)
+
+
+def key_expiry(tenant: Tenant, key_hash: str) -> datetime | bool | None:
+    """When `key_hash` stops authenticating `tenant` (by every store's rule): None
+    for never, False when it is neither its current nor its previous key's hash."""
+    previous = tenant.previous_api_key_expires_at
+    if tenant.previous_api_key_hash != key_hash:
+        previous = None
+    if tenant.api_key_hash != key_hash:
+        return False if previous is None else previous
+    current = tenant.api_key_expires_at
+    if current is None:
+        return None
+    return current if previous is None else max(current, previous)

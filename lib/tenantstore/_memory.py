@@ -21,7 +21,7 @@ from typing import Any
 from ._audit import AuditEvent, AuditLog, actor_name, audit_query, current_actor
 from ._cipher import KeyCipher, encrypted_key_for_write, rotated_key_for_write
 from ._clock import SYSTEM_CLOCK, Clock
-from ._keys import key_matches_hash, lookup_hash
+from ._keys import key_expiry, key_matches_hash, lookup_hash
 from ._models import AdminUser, RecordOutcome, Tenant, UsageRecord, UsageSummary
 from ._passwords import hash_password, verify_password
 from ._rows import utc
@@ -245,14 +245,11 @@ class InMemoryTenantRepository:
         # Read without the lock: re-check that the pair we read still belongs together.
         if tenant is None or not tenant.enabled:
             raise _not_found()
-        if tenant.api_key_hash == api_key_hash:
-            expires = tenant.api_key_expires_at
-            if expires is None or utc(self._clock.now()) < expires:
-                return tenant
-        if tenant.previous_api_key_hash == api_key_hash:
-            expires = tenant.previous_api_key_expires_at
-            if expires is not None and utc(self._clock.now()) < expires:
-                return tenant
+        expires = key_expiry(tenant, api_key_hash)
+        if expires is None or (
+            isinstance(expires, datetime) and utc(self._clock.now()) < expires
+        ):
+            return tenant
         raise _not_found()
 
     def get_by_id(self, tenant_id: str) -> Tenant:

@@ -476,7 +476,7 @@ class AsyncTenantCacheListener:
         no longer the snapshotted object: neither comes back.
         """
         revalidations = [state.revalidation() for state in self._states]
-        hashes = sorted({key for r in revalidations for key in r.entries})
+        hashes = sorted({key for r in revalidations for key in r.keys})
         rows: dict[str, Tenant] = {}
         if hashes:
             with self._watchdog():
