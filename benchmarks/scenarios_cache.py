@@ -60,7 +60,9 @@ from tenantstore import (
 __all__ = ["SCENARIOS"]
 
 WORKING_SET = 1_000
-HIT_TARGET = Target(2.0, "≤ 2.00x")
+# Issue 11: the hit path over tenants with an expiry and a key in grace stays
+# within 1.5x of the floor (stage one asked for 2x).
+HIT_TARGET = Target(1.5, "≤ 1.5x")
 FLOOR_LABEL = "floor: sha256(key) + dict.get"
 MISS_TTL = 1e-6  # seconds: expired before the fill that stored it returns
 

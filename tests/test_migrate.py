@@ -383,6 +383,32 @@ def test_up_to_a_target_and_down_by_steps(fresh_db: str) -> None:
     assert migrate.down(fresh_db, 5) == [2, 1]
 
 
+def unpinned_functions(url: str) -> list[str]:
+    """The functions of the schema whose search_path is not pinned (a writer's
+    search_path would then decide which tables their triggers touch)."""
+    found = rows(
+        url,
+        "SELECT p.proname FROM pg_proc p"
+        " JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname = current_schema()"
+        " AND NOT EXISTS (SELECT 1 FROM unnest(coalesce(p.proconfig, '{}')) c"
+        "                 WHERE c LIKE 'search_path=%%')"
+        " ORDER BY 1",
+    )
+    return [name for (name,) in found]
+
+
+def test_every_function_keeps_its_search_path_at_every_version(fresh_db: str) -> None:
+    # A down file's CREATE OR REPLACE FUNCTION drops the SET search_path that an
+    # ALTER FUNCTION gave it: each must pin it again.
+    latest = migrate.available()[-1].version
+    migrate.up(fresh_db)
+    assert unpinned_functions(fresh_db) == []
+    for version in range(latest - 1, 0, -1):
+        migrate.down(fresh_db, 1)
+        assert (version, unpinned_functions(fresh_db)) == (version, [])
+
+
 def golang_migrate_at_version_1(url: str) -> None:
     """What golang-migrate leaves after applying the Go service's 001."""
     initial = migrate.available()[0]
