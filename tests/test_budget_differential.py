@@ -39,6 +39,7 @@ from tenantstore import (
     AsyncBudgetGuard,
     AsyncPostgresTenantRepository,
     AsyncPostgresUsageRepository,
+    AsyncUsageWriter,
     BudgetAlert,
     BudgetExceeded,
     BudgetGuard,
@@ -49,6 +50,7 @@ from tenantstore import (
     Tenant,
     TenantStoreError,
     UsageRecord,
+    UsageWriter,
     create_async_pool,
     hash_api_key,
     migrate,
@@ -62,6 +64,7 @@ LEASE_TIME = 600.0  # far beyond the steps' clock moves: no lease expires by sur
 ESTIMATES = [Decimal(x) for x in ("0", "0.01", "0.10", "0.25", "0.40", "1.00")]
 BUDGETS = [Decimal(x) for x in ("0", "0.50", "1.00", "2.00")]
 HASHES = [hash_api_key(f"key-{i}") for i in range(2)]
+GUARDS = st.integers(0, 2)  # the third settles through a usage writer
 
 
 def outcome(call: Callable[[], Any]) -> tuple[str, Any]:
@@ -73,8 +76,16 @@ def outcome(call: Callable[[], Any]) -> tuple[str, Any]:
         return ("error", type(exc))
 
 
+async def _in_loop(make: Callable[[], Any]) -> Any:
+    return make()
+
+
 class Side:
-    """One backend: its repositories and two guards, called as if all were sync."""
+    """One backend: its repositories and three guards, called as if all were sync.
+
+    The third guard settles through a usage writer, which writes only when the
+    machine flushes it (or a guard closes): its batches never fill, nor come due.
+    """
 
     def __init__(
         self,
@@ -84,12 +95,19 @@ class Side:
         clock: FakeClock,
         run: Callable[[Any], Any] | None = None,
         guard_type: Any = BudgetGuard,
+        writer_type: Any = UsageWriter,
     ) -> None:
         self.name = name
         self.tenants = tenants
         self.usage = usage
         self._run = run or (lambda value: value)
         self.alerts: list[tuple[str, str, Decimal]] = []
+
+        def make_writer() -> Any:
+            return writer_type(usage, max_batch=10_000, max_delay=3600, clock=clock)
+
+        # An async writer's flusher is a task: made in the side's loop.
+        self.writer = make_writer() if run is None else run(_in_loop(make_writer))
         self.guards = [
             guard_type(
                 tenants,
@@ -98,8 +116,9 @@ class Side:
                 lease_time=LEASE_TIME,
                 renew_interval=None,
                 reclaim_wait=0,
+                writer=writer,
             )
-            for _ in range(2)
+            for writer in (None, None, self.writer)
         ]
         for guard in self.guards:
             guard.on_threshold(self._alert)
@@ -113,6 +132,7 @@ class Side:
     def close(self) -> None:
         for guard in self.guards:
             self.call(guard.close())
+        self.call(self.writer.close())
 
 
 class BudgetMachine(RuleBasedStateMachine):
@@ -121,8 +141,9 @@ class BudgetMachine(RuleBasedStateMachine):
         self.sides = sides
         self.clock = clock
         self.tenant_ids: list[str] = []
-        # Open reservations: (tenant index, estimate, one reservation per side).
-        self.open: list[tuple[int, Decimal, list[Any]]] = []
+        # Open reservations: (tenant index, estimate, one reservation per side,
+        # the guard that made them).
+        self.open: list[tuple[int, Decimal, list[Any], int]] = []
         self.request_ids = itertools.count()
         self.settled: list[str] = []
         self.slack: list[Decimal] = []
@@ -150,7 +171,7 @@ class BudgetMachine(RuleBasedStateMachine):
         return tenant
 
     @rule(
-        guard=st.integers(0, 1),
+        guard=GUARDS,
         index=st.integers(0, 1),
         estimate=st.sampled_from(ESTIMATES),
     )
@@ -167,7 +188,7 @@ class BudgetMachine(RuleBasedStateMachine):
         result = self.each(reserve)
         if result[0] == "ok":
             assert len(made) == len(self.sides)
-            self.open.append((index, estimate, made))
+            self.open.append((index, estimate, made, guard))
 
     def _record(self, index: int, cost: Decimal, request_id: str) -> UsageRecord:
         return UsageRecord(
@@ -185,7 +206,7 @@ class BudgetMachine(RuleBasedStateMachine):
     )
     def settle(self, data: st.DataObject, how: str) -> None:
         position = data.draw(st.integers(0, len(self.open) - 1))
-        index, estimate, reservations = self.open.pop(position)
+        index, estimate, reservations, _ = self.open.pop(position)
         cost = {
             "below": (estimate / 2).quantize(Decimal("0.0000000001")),
             "at": estimate,
@@ -209,7 +230,7 @@ class BudgetMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def release(self, data: st.DataObject) -> None:
         position = data.draw(st.integers(0, len(self.open) - 1))
-        _, _, reservations = self.open.pop(position)
+        _, _, reservations, _ = self.open.pop(position)
         self.each(
             lambda side: side.call(reservations[self.sides.index(side)].release())
         )
@@ -237,11 +258,30 @@ class BudgetMachine(RuleBasedStateMachine):
         self.each(lambda side: side.call(side.usage.record(record)))
         self.slack[index] += cost
 
-    @rule(guard=st.integers(0, 1))
+    @rule()
+    def writer_flushes(self) -> None:
+        # The batch commits: its holds end, duplicates among them spend nothing.
+        self.each(lambda side: side.call(side.writer.flush()))
+        # What the writer's guard holds is then exactly its open reservations.
+        for index, tenant_id in enumerate(self.tenant_ids):
+            expected = sum(
+                (
+                    estimate
+                    for i, estimate, made, guard in self.open
+                    if (i, guard) == (index, 2) and made[0]._lease is not None
+                ),
+                Decimal(0),
+            )
+            for side in self.sides:
+                lease = side.guards[2]._leases.get(tenant_id)
+                held = Decimal(0) if lease is None else lease.held
+                assert held == expected, (side.name, index, held, expected)
+
+    @rule(guard=GUARDS)
     def renew(self, guard: int) -> None:
         self.each(lambda side: side.call(side.guards[guard].renew()))
 
-    @rule(guard=st.integers(0, 1), index=st.integers(0, 1))
+    @rule(guard=GUARDS, index=st.integers(0, 1))
     def status(self, guard: int, index: int) -> None:
         self.each(
             lambda side: side.call(side.guards[guard].status(self.tenant(side, index)))
@@ -261,7 +301,7 @@ class BudgetMachine(RuleBasedStateMachine):
             self.slack[index] = self.held(index)
 
     def held(self, index: int) -> Decimal:
-        return sum((estimate for i, estimate, _ in self.open if i == index), Decimal(0))
+        return sum((open[1] for open in self.open if open[0] == index), Decimal(0))
 
     def spent(self, index: int) -> Decimal:
         side = self.sides[0]
@@ -333,6 +373,7 @@ def test_budget_guards_agree_on_every_backend(
                         clock,
                         run=runner.run,
                         guard_type=AsyncBudgetGuard,
+                        writer_type=AsyncUsageWriter,
                     ),
                 ]
                 super().__init__(sides, clock)
