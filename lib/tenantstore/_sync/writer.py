@@ -287,9 +287,6 @@ class UsageWriter:
                 log.close()
             raise
         self._queue = queue
-        # The queue's own method, one call less on the request path; `submit`
-        # below is what it does, and documents it.
-        self.submit = queue.submit  # type: ignore[method-assign]
         self._core = core = _WriterCore(
             usage, queue, log, float(max_delay), on_rejected, wake
         )
