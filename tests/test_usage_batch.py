@@ -77,6 +77,25 @@ def test_a_record_stored_before_is_a_duplicate_in_an_otherwise_clean_batch(
     assert sorted(r.request_id for r in stored) == ["new", "old"]
 
 
+def test_a_pair_repeated_in_an_otherwise_clean_batch_is_a_duplicate(
+    stores: Stores,
+) -> None:
+    # On PostgreSQL the fast path (a plain COPY) sends each pair once.
+    a, _ = new_tenant()
+    stores.tenants.create(a)
+    outcomes = stores.usage.record_many(
+        [
+            usage(a.id, "r1"),
+            usage(a.id, "r1", cost_usd=Decimal("9")),
+            usage(a.id, "r2"),
+        ]
+    )
+    assert outcomes == [INSERTED, DUPLICATE, INSERTED]
+    stored = stores.usage.get_tenant_usage(a.id, EPOCH)
+    assert sorted(r.request_id for r in stored) == ["r1", "r2"]
+    assert next(r for r in stored if r.request_id == "r1").cost_usd != Decimal("9")
+
+
 def test_a_batch_round_trips_every_field(stores: Stores) -> None:
     tenant, _ = new_tenant()
     stores.tenants.create(tenant)

@@ -256,6 +256,28 @@ def test_a_torn_last_record_is_skipped_and_counted(tmp_path: Path, damage: str) 
         assert (stats.submitted, stats.spool_skipped) == (2, 1)
 
 
+def test_a_segment_emptied_in_place_replays_only_what_came_after(
+    tmp_path: Path,
+) -> None:
+    # The emptied segment is zeroed as far as it was written: the shorter log
+    # written over it afterwards ends where it ends, not in the old frames.
+    tenant_id = str(uuid.uuid4())
+    now = datetime.now(UTC)
+    spool = Spool(tmp_path)
+    for i in range(5):
+        spool.append(usage_for_write(record(tenant_id, f"old-{i}"), now))
+    spool.acknowledge(5)
+    later = [usage_for_write(record(tenant_id, f"r{i}"), now) for i in range(2)]
+    for r in later:
+        spool.append(r)
+    spool.close()
+    again = Spool(tmp_path)
+    try:
+        assert (again.pending, again.skipped) == (later, 0)
+    finally:
+        again.close()
+
+
 def test_two_live_writers_on_one_spool_are_refused(tmp_path: Path) -> None:
     usage = InMemoryUsageRepository(InMemoryTenantRepository())
     with UsageWriter(usage, spool=tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any, Final
+from uuid import UUID
 
 from ._models import AdminUser, RecordOutcome, Tenant, UsageRecord, UsageSummary
 from ._sql import TENANT_COLUMNS, USAGE_COLUMNS
@@ -191,6 +192,45 @@ def usage_batch_rows(
             repeated.append(True)
         where.append(position)
     return rows, where, repeated
+
+
+def usage_copy_rows(records: list[UsageRecord]) -> list[tuple[Any, ...]] | None:
+    """COPY_USAGE_DIRECT's rows for validated, timestamped records, in order; None
+    when a request id repeats in the batch (`usage_batch_rows` then sends each
+    (tenant_id, request_id) pair once, and `direct_rows` makes its rows these).
+
+    When this returns rows and their COPY writes all of them, every record is
+    INSERTED: nothing to number or look up, the cheap path of a clean batch.
+    """
+    if len({record.request_id for record in records}) != len(records):
+        return None
+    tenants: dict[str, UUID] = {}  # a batch has few: each converted once
+    rows = []
+    for record in records:
+        tenant = tenants.get(record.tenant_id)
+        if tenant is None:
+            tenant = tenants[record.tenant_id] = UUID(record.tenant_id)
+        rows.append(
+            (
+                tenant,
+                record.request_id,
+                record.model,
+                record.provider,
+                record.input_tokens,
+                record.output_tokens,
+                record.cost_usd,
+                record.cached,
+                record.latency_ms,
+                record.status,
+                record.timestamp,
+            )
+        )
+    return rows
+
+
+def direct_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """COPY_USAGE_DIRECT's rows for `usage_batch_rows`'s."""
+    return [(UUID(row[1]), *row[2:]) for row in rows]
 
 
 def batch_outcomes(

@@ -559,9 +559,26 @@ COPY_USAGE_BATCH: Final[str] = (
 )
 # The fast path: the same rows straight into usage_records, when none of them is
 # there already and every tenant exists (see `record_many`).
+# Binary: the server parses no text (timestamps, numerics), a tenth of its time
+# on these rows, and psycopg formats them for less. The rows are
+# `_rows.usage_copy_rows`'s, of COPY_USAGE_DIRECT_TYPES.
 COPY_USAGE_DIRECT: Final[str] = (
     "COPY usage_records (tenant_id, request_id, model, provider, input_tokens,"
-    " output_tokens, cost_usd, cached, latency_ms, status, created_at) FROM STDIN"
+    " output_tokens, cost_usd, cached, latency_ms, status, created_at)"
+    " FROM STDIN (FORMAT BINARY)"
+)
+COPY_USAGE_DIRECT_TYPES: Final = (
+    "uuid",
+    "varchar",
+    "varchar",
+    "varchar",
+    "int4",
+    "int4",
+    "numeric",
+    "bool",
+    "int4",
+    "varchar",
+    "timestamptz",
 )
 # The batch arrives free of repeated (tenant_id, request_id) pairs
 # (`_rows.usage_batch_rows`). `known` locks the batch's tenants that exist, in id

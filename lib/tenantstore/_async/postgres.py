@@ -45,10 +45,12 @@ from .._pgerrors import (
 )
 from .._rows import (
     batch_outcomes,
+    direct_rows,
     summary_from_row,
     tenant_from_row,
     tenant_params,
     usage_batch_rows,
+    usage_copy_rows,
     usage_from_row,
     usage_params,
     utc,
@@ -79,6 +81,7 @@ _ONE_DAY: Final = timedelta(days=1)
 PRUNE_BATCH: Final = 5000
 # After a batch that could not be copied straight in, this many go the careful way.
 _CAREFUL_BATCHES: Final = 16
+_INSERTED: Final = RecordOutcome.INSERTED
 
 
 # The client-side deadline trails the server's statement_timeout by this much: time
@@ -293,7 +296,9 @@ class _AsyncPostgres:
 
         return await self._run(copy, None, ONE, retry=True, work=work)
 
-    async def _copy_if_clean(self, copy: str, rows: Sequence[Sequence[Any]]) -> bool:
+    async def _copy_if_clean(
+        self, copy: str, rows: Sequence[Sequence[Any]], types: Sequence[str]
+    ) -> bool:
         """COPY `rows` in, in one transaction; False, with nothing written, when a
         unique or foreign key fails (a row that is there already, a tenant that is
         not, or 005's trigger skipped a row that is stored already). Through
@@ -305,6 +310,7 @@ class _AsyncPostgres:
                 async with conn.transaction():
                     cur = conn.cursor()
                     async with cur.copy(copy) as pipe:
+                        pipe.set_types(types)
                         for row in rows:
                             await pipe.write_row(row)
                     if cur.rowcount != len(rows):
@@ -628,20 +634,28 @@ class AsyncPostgresUsageRepository(_AsyncPostgres):
         """`record_many` for records `usage_for_write` returned (the writer's)."""
         if not records:
             return []
-        rows, where, repeated = usage_batch_rows(records)
         # Most batches are all new records of existing tenants: COPY them straight
         # into usage_records (raw COPY's speed). A batch that trips the unique
         # index or the foreign key is rolled back whole and written the careful
         # way, per record; and so are the next few, since batches that hold
         # retries or unknown tenants tend to come in runs.
+        rows = None
         if self._careful_batches:
             self._careful_batches -= 1
-        elif await self._copy_if_clean(
-            _sql.COPY_USAGE_DIRECT, [row[1:] for row in rows]
-        ):
-            return batch_outcomes([0] * len(rows), where, repeated)
         else:
+            direct = usage_copy_rows(records)
+            if direct is None:  # a request id repeats: each pair is sent once
+                rows, where, repeated = usage_batch_rows(records)
+                direct = direct_rows(rows)
+            if await self._copy_if_clean(
+                _sql.COPY_USAGE_DIRECT, direct, _sql.COPY_USAGE_DIRECT_TYPES
+            ):
+                if rows is None:
+                    return [_INSERTED] * len(records)
+                return batch_outcomes([0] * len(rows), where, repeated)
             self._careful_batches = _CAREFUL_BATCHES
+        if rows is None:
+            rows, where, repeated = usage_batch_rows(records)
         codes = await self._run_copy(
             _sql.USAGE_BATCH_SETUP,
             _sql.COPY_USAGE_BATCH,

@@ -46,10 +46,12 @@ from .._pgerrors import (
 )
 from .._rows import (
     batch_outcomes,
+    direct_rows,
     summary_from_row,
     tenant_from_row,
     tenant_params,
     usage_batch_rows,
+    usage_copy_rows,
     usage_from_row,
     usage_params,
     utc,
@@ -80,6 +82,7 @@ _ONE_DAY: Final = timedelta(days=1)
 PRUNE_BATCH: Final = 5000
 # After a batch that could not be copied straight in, this many go the careful way.
 _CAREFUL_BATCHES: Final = 16
+_INSERTED: Final = RecordOutcome.INSERTED
 
 
 # The client-side deadline trails the server's statement_timeout by this much: time
@@ -294,7 +297,9 @@ class _AsyncPostgres:
 
         return self._run(copy, None, ONE, retry=True, work=work)
 
-    def _copy_if_clean(self, copy: str, rows: Sequence[Sequence[Any]]) -> bool:
+    def _copy_if_clean(
+        self, copy: str, rows: Sequence[Sequence[Any]], types: Sequence[str]
+    ) -> bool:
         """COPY `rows` in, in one transaction; False, with nothing written, when a
         unique or foreign key fails (a row that is there already, a tenant that is
         not, or 005's trigger skipped a row that is stored already). Through
@@ -306,6 +311,7 @@ class _AsyncPostgres:
                 with conn.transaction():
                     cur = conn.cursor()
                     with cur.copy(copy) as pipe:
+                        pipe.set_types(types)
                         for row in rows:
                             pipe.write_row(row)
                     if cur.rowcount != len(rows):
@@ -629,18 +635,28 @@ class PostgresUsageRepository(_AsyncPostgres):
         """`record_many` for records `usage_for_write` returned (the writer's)."""
         if not records:
             return []
-        rows, where, repeated = usage_batch_rows(records)
         # Most batches are all new records of existing tenants: COPY them straight
         # into usage_records (raw COPY's speed). A batch that trips the unique
         # index or the foreign key is rolled back whole and written the careful
         # way, per record; and so are the next few, since batches that hold
         # retries or unknown tenants tend to come in runs.
+        rows = None
         if self._careful_batches:
             self._careful_batches -= 1
-        elif self._copy_if_clean(_sql.COPY_USAGE_DIRECT, [row[1:] for row in rows]):
-            return batch_outcomes([0] * len(rows), where, repeated)
         else:
+            direct = usage_copy_rows(records)
+            if direct is None:  # a request id repeats: each pair is sent once
+                rows, where, repeated = usage_batch_rows(records)
+                direct = direct_rows(rows)
+            if self._copy_if_clean(
+                _sql.COPY_USAGE_DIRECT, direct, _sql.COPY_USAGE_DIRECT_TYPES
+            ):
+                if rows is None:
+                    return [_INSERTED] * len(records)
+                return batch_outcomes([0] * len(rows), where, repeated)
             self._careful_batches = _CAREFUL_BATCHES
+        if rows is None:
+            rows, where, repeated = usage_batch_rows(records)
         codes = self._run_copy(
             _sql.USAGE_BATCH_SETUP,
             _sql.COPY_USAGE_BATCH,
