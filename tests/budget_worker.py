@@ -52,12 +52,22 @@ def say(line: str) -> None:
         sys.stdout.flush()
 
 
+def wait_for(go: Path) -> None:
+    """Say `ready`, then wait for the file `go` to exist, then say `start <t>`."""
+    say("ready")
+    while not go.exists():
+        time.sleep(0.001)
+    say(f"start {time.time()}")
+
+
 def main() -> None:
     url, tenant_id, name, threads, lease_time = sys.argv[1:6]
     mode = sys.argv[6] if len(sys.argv) > 6 else "guard"
     go = Path(sys.argv[7]) if len(sys.argv) > 7 else None
     if mode == "async":
-        asyncio.run(async_main(url, tenant_id, name, int(threads), float(lease_time)))
+        asyncio.run(
+            async_main(url, tenant_id, name, int(threads), float(lease_time), go)
+        )
         return
     with create_pool(url, min_size=1, max_size=int(threads) + 2) as pool:
         tenants = PostgresTenantRepository(pool)
@@ -141,10 +151,7 @@ def main() -> None:
             for i in range(int(threads))
         ]
         if go is not None:
-            say("ready")
-            while not go.exists():
-                time.sleep(0.001)
-            say(f"start {time.time()}")
+            wait_for(go)
         for worker in workers:
             worker.start()
         for worker in workers:
@@ -159,7 +166,12 @@ def main() -> None:
 
 
 async def async_main(
-    url: str, tenant_id: str, name: str, tasks: int, lease_time: float
+    url: str,
+    tenant_id: str,
+    name: str,
+    tasks: int,
+    lease_time: float,
+    go: Path | None = None,
 ) -> None:
     """MODE `async`: `tasks` asyncio tasks spending through one AsyncBudgetGuard."""
     pool = await create_async_pool(url, min_size=1, max_size=tasks + 2)
@@ -202,6 +214,8 @@ async def async_main(
                     )
                 )
 
+        if go is not None:
+            await asyncio.to_thread(wait_for, go)
         await asyncio.gather(*(spend(hash((name, i))) for i in range(tasks)))
         stats = guard.stats()
         await guard.close()

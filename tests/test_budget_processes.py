@@ -57,6 +57,9 @@ def test_four_processes_spend_one_budget_exactly(clean_db: str, tmp_path: Path) 
         )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "lib")}
     outputs = [tmp_path / f"worker-{i}.out" for i in range(4)]
+    # They start together (each waits for this file): on a loaded machine one
+    # started late would find the budget spent before it settled anything.
+    go = tmp_path / "go"
     children = []
     for i, output in enumerate(outputs):
         with output.open("w") as sink:
@@ -71,7 +74,8 @@ def test_four_processes_spend_one_budget_exactly(clean_db: str, tmp_path: Path) 
                         f"p{i}",
                         "8",
                         str(LEASE_TIME),
-                        *MODES[i : i + 1],
+                        MODES[i],
+                        str(go),
                     ],
                     cwd=ROOT,
                     env=env,
@@ -79,20 +83,27 @@ def test_four_processes_spend_one_budget_exactly(clean_db: str, tmp_path: Path) 
                 )
             )
     try:
-        victim = children[0]
-        # Kill the first once it has settled some requests, while it holds others.
         wait_until(
-            lambda: (
-                _count(
-                    url,
-                    "SELECT count(*) FROM usage_records WHERE request_id LIKE 'p0-%%'",
-                )
-                >= 20
-            ),
-            "the first process has settled 20 requests",
+            lambda: all("ready" in out.read_text() for out in outputs),
+            "every process is ready",
         )
+        go.touch()
+        victim = children[0]
         holder = outputs[0].read_text().split("\n")[0].split()[1]
-        leased = _amount(url, holder)
+        leased = Decimal(0)
+
+        def holding() -> bool:
+            # Settled some requests, and holds a share of the budget now (a lean
+            # lease, one that holds only what is reserved, is 0 between requests).
+            nonlocal leased
+            settled = _count(
+                url, "SELECT count(*) FROM usage_records WHERE request_id LIKE 'p0-%%'"
+            )
+            leased = _amount(url, holder)
+            return settled >= 20 and leased > 0
+
+        # Kill the first once it has settled some requests, while it holds others.
+        wait_until(holding, "the first process has settled 20 requests and holds")
         victim.send_signal(signal.SIGKILL)
         killed_at = datetime.now(UTC)
         victim.wait()

@@ -402,9 +402,9 @@ class CacheAgreement(RuleBasedStateMachine):
     )
     def listener_reconnects(
         self,
-        unnoticed: list[tuple[int, str]],
+        unnoticed: builtins.list[tuple[int, str]],
         key: str,
-        looked_up: list[str],
+        looked_up: builtins.list[str],
         meanwhile: str,
     ) -> None:
         """The listener loses its connection; writes go on unnoticed (no
@@ -417,12 +417,12 @@ class CacheAgreement(RuleBasedStateMachine):
             found = outcome(partial(self.plain.get_by_id, MACHINE_IDS[n]))
             if found[0] != "ok":
                 continue
-            changed: dict[str, Any] = {
+            changes: dict[str, dict[str, Any]] = {
                 "disable": {"enabled": False},
                 "enable": {"enabled": True},
                 "rotate": {"api_key_hash": hash_api_key(key)},
-            }[change]
-            t = dataclasses.replace(found[1], **changed)
+            }
+            t = dataclasses.replace(found[1], **changes[change])
             expected = outcome(partial(self.plain.update, t))
             assert outcome(partial(self.behind.update, t)) == expected
         for looked in looked_up:
