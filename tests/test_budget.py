@@ -44,6 +44,7 @@ from tenantstore import (
     generate_api_key,
     hash_api_key,
 )
+from tenantstore._budgetstate import Snapshot, plan
 from tests.fix_backends import FakeClock
 from tests.polling import wait_until
 from tests.tcpproxy import tcp_proxy
@@ -592,3 +593,16 @@ def test_close_writes_the_queued_settles_before_giving_the_lease_back(
         assert writer.stats().pending == 0
         status = store.guard().status(tenant)
         assert (status.spent_usd, status.held_usd) == (D("0.40"), D("0"))
+
+
+def test_a_refused_step_keeps_every_hold_in_the_book() -> None:
+    # 0.95 of 1.00 spent, counting a reservation of 0.05 settled (at cost) after
+    # `held` was read; held: that 0.05 and another open 0.05. Its settle lowers
+    # the book by 0.05 after this step writes: the book must still count the
+    # other open hold, or the other holders could grant it again.
+    snap = Snapshot(Decimal("1.00"), Decimal("0.95"), Decimal(0), 1, True, False)
+    decision = plan(
+        snap, Decimal("0.10"), Decimal("0.05"), idle=False, typical=Decimal("0.05")
+    )
+    assert not decision.granted
+    assert decision.target - Decimal("0.05") == Decimal("0.05")

@@ -256,7 +256,11 @@ def plan(
         target = need if lean else need + extra
         granted = True
     else:
-        target = max(ZERO, min(free, held))
+        # Refused: the lease stays what this holder's reservations hold, even past
+        # `free`. The others trust the book to count every hold; a lease cut to
+        # `free` would leave a reservation settled meanwhile (in `spend` and in
+        # `held` at once) counted in neither once its settle lowers the lease.
+        target = held
         granted = False
     reserving = estimate > 0 or not idle
     definitive = snap.others_count == 0 or snap.others_lean
