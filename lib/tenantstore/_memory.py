@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from decimal import Decimal, localcontext
-from typing import Any
+from typing import Any, ClassVar
 
 from ._audit import AuditEvent, AuditLog, actor_name, audit_query, current_actor
 from ._cipher import KeyCipher, encrypted_key_for_write, rotated_key_for_write
@@ -184,7 +184,34 @@ def _list_audit(
         return state.audit.select(start, entity_id, limit, before)
 
 
-class InMemoryTenantRepository:
+class _Audited:
+    """A repository writing rows of `_table`: each write appends its audit event
+    to the store's log, as the PostgreSQL triggers do for theirs."""
+
+    _table: ClassVar[str]
+    _state: _State
+    _actor: str | None
+
+    def _audit(
+        self,
+        now: datetime,
+        action: str,
+        entity_id: str,
+        old: dict[str, Any] | None,
+        new: dict[str, Any] | None,
+    ) -> None:
+        self._state.audit.append(
+            at=now,
+            table=self._table,
+            action=action,
+            entity_id=entity_id,
+            actor=current_actor(self._actor),
+            old=old,
+            new=new,
+        )
+
+
+class InMemoryTenantRepository(_Audited):
     """Tenants in a dict: the PostgreSQL backend's contract without a database.
 
     `clock` stamps created_at/updated_at; `cipher` encrypts keys passed to writes;
@@ -196,6 +223,7 @@ class InMemoryTenantRepository:
     """
 
     __module__ = "tenantstore"
+    _table = "tenants"
 
     def __init__(
         self,
@@ -208,24 +236,6 @@ class InMemoryTenantRepository:
         self._clock = clock or SYSTEM_CLOCK
         self._cipher = cipher
         self._actor = None if actor is None else actor_name(actor)
-
-    def _audit(
-        self,
-        now: datetime,
-        action: str,
-        tenant_id: str,
-        old: dict[str, Any] | None,
-        new: dict[str, Any] | None,
-    ) -> None:
-        self._state.audit.append(
-            at=now,
-            table="tenants",
-            action=action,
-            entity_id=tenant_id,
-            actor=current_actor(self._actor),
-            old=old,
-            new=new,
-        )
 
     def get_by_api_key(self, api_key: str) -> Tenant:
         api_key_hash = lookup_hash(api_key)
@@ -748,7 +758,7 @@ def _no_admin() -> AdminUserNotFound:
     return AdminUserNotFound("no such admin user")
 
 
-class InMemoryAdminUserRepository:
+class InMemoryAdminUserRepository(_Audited):
     """Admin users in a dict: the PostgreSQL backend's contract without a database.
 
     Given `tenants`, it shares their store, and so their audit log, as the two
@@ -757,6 +767,7 @@ class InMemoryAdminUserRepository:
     """
 
     __module__ = "tenantstore"
+    _table = "admin_users"
 
     def __init__(
         self,
@@ -768,24 +779,6 @@ class InMemoryAdminUserRepository:
         self._state = _State() if tenants is None else tenants._state
         self._clock = clock or (SYSTEM_CLOCK if tenants is None else tenants._clock)
         self._actor = None if actor is None else actor_name(actor)
-
-    def _audit(
-        self,
-        now: datetime,
-        action: str,
-        user_id: str,
-        old: dict[str, Any] | None,
-        new: dict[str, Any] | None,
-    ) -> None:
-        self._state.audit.append(
-            at=now,
-            table="admin_users",
-            action=action,
-            entity_id=user_id,
-            actor=current_actor(self._actor),
-            old=old,
-            new=new,
-        )
 
     def create(self, username: str, password: str, role: str = "viewer") -> AdminUser:
         user = admin_user_for_write(AdminUser(username=username, role=role))

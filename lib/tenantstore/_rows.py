@@ -152,59 +152,11 @@ OUTCOME_CODES: Final = (
 )
 
 
-def usage_batch_rows(
-    records: list[UsageRecord],
-) -> tuple[list[tuple[Any, ...]], list[int], list[bool]]:
-    """COPY_USAGE_BATCH's rows for validated, timestamped records.
-
-    A (tenant_id, request_id) pair repeated in the batch is sent once (its first
-    occurrence), numbered by its position among those sent. Also returns, for each
-    record, that position, and whether it repeats an earlier record (see
-    `batch_outcomes`).
-    """
-    seen: dict[tuple[str, str], int] = {}
-    where: list[int] = []
-    repeated: list[bool] = []
-    rows: list[tuple[Any, ...]] = []
-    for record in records:
-        key = (record.tenant_id, record.request_id)
-        position = seen.get(key)
-        if position is None:
-            seen[key] = position = len(rows)
-            rows.append(
-                (
-                    position,
-                    record.tenant_id,
-                    record.request_id,
-                    record.model,
-                    record.provider,
-                    record.input_tokens,
-                    record.output_tokens,
-                    record.cost_usd,
-                    record.cached,
-                    record.latency_ms,
-                    record.status,
-                    record.timestamp,
-                )
-            )
-            repeated.append(False)
-        else:
-            repeated.append(True)
-        where.append(position)
-    return rows, where, repeated
-
-
-def usage_copy_rows(records: list[UsageRecord]) -> list[tuple[Any, ...]] | None:
-    """COPY_USAGE_DIRECT's rows for validated, timestamped records, in order; None
-    when a request id repeats in the batch (`usage_batch_rows` then sends each
-    (tenant_id, request_id) pair once, and `direct_rows` makes its rows these).
-
-    When this returns rows and their COPY writes all of them, every record is
-    INSERTED: nothing to number or look up, the cheap path of a clean batch.
-    """
-    if len({record.request_id for record in records}) != len(records):
-        return None
-    tenants: dict[str, UUID] = {}  # a batch has few: each converted once
+def usage_copy_rows(records: list[UsageRecord]) -> list[tuple[Any, ...]]:
+    """COPY_USAGE_DIRECT's rows (of COPY_USAGE_DIRECT_TYPES) for validated,
+    timestamped records, in order; tenant ids as UUID, each converted once (a
+    batch has few)."""
+    tenants: dict[str, UUID] = {}
     rows = []
     for record in records:
         tenant = tenants.get(record.tenant_id)
@@ -228,9 +180,32 @@ def usage_copy_rows(records: list[UsageRecord]) -> list[tuple[Any, ...]] | None:
     return rows
 
 
-def direct_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """COPY_USAGE_DIRECT's rows for `usage_batch_rows`'s."""
-    return [(UUID(row[1]), *row[2:]) for row in rows]
+def usage_batch_rows(
+    records: list[UsageRecord],
+) -> tuple[list[tuple[Any, ...]], list[int], list[bool]]:
+    """COPY_USAGE_BATCH's rows for validated, timestamped records: each is its
+    position then its `usage_copy_rows` row.
+
+    A (tenant_id, request_id) pair repeated in the batch is sent once (its first
+    occurrence), numbered by its position among those sent. Also returns, for each
+    record, that position, and whether it repeats an earlier record (see
+    `batch_outcomes`).
+    """
+    seen: dict[tuple[str, str], int] = {}
+    where: list[int] = []
+    repeated: list[bool] = []
+    rows: list[tuple[Any, ...]] = []
+    for record, row in zip(records, usage_copy_rows(records), strict=True):
+        key = (record.tenant_id, record.request_id)
+        position = seen.get(key)
+        if position is None:
+            seen[key] = position = len(rows)
+            rows.append((position, *row))
+            repeated.append(False)
+        else:
+            repeated.append(True)
+        where.append(position)
+    return rows, where, repeated
 
 
 def batch_outcomes(

@@ -46,7 +46,6 @@ from .._pgerrors import (
 )
 from .._rows import (
     batch_outcomes,
-    direct_rows,
     summary_from_row,
     tenant_from_row,
     tenant_params,
@@ -644,10 +643,13 @@ class PostgresUsageRepository(_AsyncPostgres):
         if self._careful_batches:
             self._careful_batches -= 1
         else:
-            direct = usage_copy_rows(records)
-            if direct is None:  # a request id repeats: each pair is sent once
+            if len({record.request_id for record in records}) == len(records):
+                # If the COPY writes every row, every record is INSERTED: nothing
+                # to number or look up, the cheap path of a clean batch.
+                direct = usage_copy_rows(records)
+            else:  # a request id repeats: each (tenant_id, request_id) sent once
                 rows, where, repeated = usage_batch_rows(records)
-                direct = direct_rows(rows)
+                direct = [row[1:] for row in rows]
             if self._copy_if_clean(
                 _sql.COPY_USAGE_DIRECT, direct, _sql.COPY_USAGE_DIRECT_TYPES
             ):
