@@ -19,20 +19,27 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ._keys import hash_api_key
-from ._validation import is_canonical_id, key_prefix, utf8
+from ._validation import (
+    grace_period,
+    is_canonical_id,
+    key_prefix,
+    optional_datetime,
+    utf8,
+)
 from .errors import CipherError, InvalidInput
 
 __all__ = [
     "MIN_DISTINCT_BYTES",
     "KeyCipher",
     "encrypted_key_for_write",
-    "rotated_key_for_write",
+    "rotation_for_write",
 ]
 
 _VERSION: Final = 1
@@ -252,17 +259,29 @@ def encrypted_key_for_write(
     return cipher.encrypt(api_key, tenant_id, api_key_hash)
 
 
-def rotated_key_for_write(
-    tenant_id: object, api_key: str, cipher: KeyCipher | None
-) -> tuple[str, str | None, bytes | None]:
-    """A rotation's new key as stored: its hash, its prefix and, with a cipher (and
-    an id that can be anyone's), its encryption bound to the id and the hash.
+def rotation_for_write(
+    tenant_id: object,
+    api_key: str,
+    grace: object,
+    expires_at: object,
+    cipher: KeyCipher | None,
+) -> tuple[str, str | None, bytes | None, timedelta, datetime | None]:
+    """A rotation's arguments as every backend stores them: the new key's hash, its
+    prefix and, with a cipher (and an id that can be anyone's), its encryption
+    bound to the id and the hash; then the grace period and the new expiry.
 
-    Raises `InvalidInput` for a key that cannot be hashed.
+    Raises `InvalidInput` for a key that cannot be hashed, a grace period that is
+    not a non-negative timedelta, or an expiry that is not an aware datetime.
     """
     api_key_hash = hash_api_key(api_key)
     encrypted = None
     if cipher is not None and is_canonical_id(tenant_id):
         assert isinstance(tenant_id, str)
         encrypted = cipher.encrypt(api_key, tenant_id, api_key_hash)
-    return api_key_hash, key_prefix(api_key), encrypted
+    return (
+        api_key_hash,
+        key_prefix(api_key),
+        encrypted,
+        grace_period(grace),
+        optional_datetime("expires_at", expires_at),
+    )

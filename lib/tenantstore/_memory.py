@@ -19,7 +19,7 @@ from decimal import Decimal, localcontext
 from typing import Any, ClassVar
 
 from ._audit import AuditEvent, AuditLog, actor_name, audit_query, current_actor
-from ._cipher import KeyCipher, encrypted_key_for_write, rotated_key_for_write
+from ._cipher import KeyCipher, encrypted_key_for_write, rotation_for_write
 from ._clock import SYSTEM_CLOCK, Clock
 from ._keys import key_expiry, key_matches_hash, lookup_hash
 from ._models import AdminUser, RecordOutcome, Tenant, UsageRecord, UsageSummary
@@ -29,13 +29,11 @@ from ._validation import (
     admin_user_for_write,
     boolean,
     expected_version,
-    grace_period,
     grace_until,
     is_canonical_id,
     is_key_hash,
     is_username,
     key_prefix,
-    optional_datetime,
     tenant_for_write,
     usage_batch_for_write,
     usage_for_write,
@@ -380,11 +378,9 @@ class InMemoryTenantRepository(_Audited):
         grace: timedelta = timedelta(0),
         expires_at: datetime | None = None,
     ) -> Tenant:
-        api_key_hash, prefix, encrypted = rotated_key_for_write(
-            tenant_id, api_key, self._cipher
+        api_key_hash, prefix, encrypted, grace, expires_at = rotation_for_write(
+            tenant_id, api_key, grace, expires_at, self._cipher
         )
-        grace = grace_period(grace)
-        expires_at = optional_datetime("expires_at", expires_at)
         if not is_canonical_id(tenant_id):
             raise _not_found()
         now = utc(self._clock.now())

@@ -32,7 +32,7 @@ from .._audit import (
     current_actor,
     event_from_row,
 )
-from .._cipher import KeyCipher, encrypted_key_for_write, rotated_key_for_write
+from .._cipher import KeyCipher, encrypted_key_for_write, rotation_for_write
 from .._clock import SYSTEM_CLOCK, Clock
 from .._keys import key_matches_hash, lookup_hash
 from .._models import RecordOutcome, Tenant, UsageRecord, UsageSummary
@@ -57,12 +57,10 @@ from .._rows import (
 from .._validation import (
     boolean,
     expected_version,
-    grace_period,
     grace_until,
     is_canonical_id,
     is_key_hash,
     key_prefix,
-    optional_datetime,
     tenant_for_write,
     usage_batch_for_write,
     usage_for_write,
@@ -482,11 +480,9 @@ class AsyncPostgresTenantRepository(_AsyncPostgres):
         grace: timedelta = timedelta(0),
         expires_at: datetime | None = None,
     ) -> Tenant:
-        api_key_hash, prefix, encrypted = rotated_key_for_write(
-            tenant_id, api_key, self._cipher
+        api_key_hash, prefix, encrypted, grace, expires_at = rotation_for_write(
+            tenant_id, api_key, grace, expires_at, self._cipher
         )
-        grace = grace_period(grace)
-        expires_at = optional_datetime("expires_at", expires_at)
         if not is_canonical_id(tenant_id):
             raise _not_found()
         now = utc(self._clock.now())
