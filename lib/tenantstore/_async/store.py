@@ -11,8 +11,10 @@ health report and its rules are `_storestate`'s (shared with the sync twin).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final
 
@@ -432,27 +434,23 @@ async def _close_parts(
 ) -> None:
     """Close what is given, in this order, each step whatever the others did;
     raise the first failure at the end (later ones are logged)."""
+    closes: list[tuple[str, Callable[[], Any] | None]] = [
+        (
+            "the usage writer",
+            None if writer is None else functools.partial(writer.close, timeout),
+        ),
+        ("the budget guard", None if budgets is None else budgets.close),
+        ("the cache listener", None if listener is None else listener.close),
+        ("the pool", None if pool is None else pool.close),
+    ]
     failures: list[tuple[str, BaseException]] = []
-    if writer is not None:
+    for part, close in closes:
+        if close is None:
+            continue
         try:
-            await writer.close(timeout)
+            await close()
         except BaseException as exc:
-            failures.append(("the usage writer", exc))
-    if budgets is not None:
-        try:
-            await budgets.close()
-        except BaseException as exc:
-            failures.append(("the budget guard", exc))
-    if listener is not None:
-        try:
-            await listener.close()
-        except BaseException as exc:
-            failures.append(("the cache listener", exc))
-    if pool is not None:
-        try:
-            await pool.close()
-        except BaseException as exc:
-            failures.append(("the pool", exc))
+            failures.append((part, exc))
     if not failures:
         return
     for part, later in failures[1:]:

@@ -12,8 +12,10 @@ health report and its rules are `_storestate`'s (shared with the sync twin).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final
 
@@ -423,27 +425,23 @@ def _close_parts(
 ) -> None:
     """Close what is given, in this order, each step whatever the others did;
     raise the first failure at the end (later ones are logged)."""
+    closes: list[tuple[str, Callable[[], Any] | None]] = [
+        (
+            "the usage writer",
+            None if writer is None else functools.partial(writer.close, timeout),
+        ),
+        ("the budget guard", None if budgets is None else budgets.close),
+        ("the cache listener", None if listener is None else listener.close),
+        ("the pool", None if pool is None else pool.close),
+    ]
     failures: list[tuple[str, BaseException]] = []
-    if writer is not None:
+    for part, close in closes:
+        if close is None:
+            continue
         try:
-            writer.close(timeout)
+            close()
         except BaseException as exc:
-            failures.append(("the usage writer", exc))
-    if budgets is not None:
-        try:
-            budgets.close()
-        except BaseException as exc:
-            failures.append(("the budget guard", exc))
-    if listener is not None:
-        try:
-            listener.close()
-        except BaseException as exc:
-            failures.append(("the cache listener", exc))
-    if pool is not None:
-        try:
-            pool.close()
-        except BaseException as exc:
-            failures.append(("the pool", exc))
+            failures.append((part, exc))
     if not failures:
         return
     for part, later in failures[1:]:
