@@ -100,6 +100,53 @@ def load_hot_pairs(url: str) -> None:
         )
 
 
+class RacingWriters:
+    """Three threads, each on its own connection, making `write(conn, rng, name)`
+    (one random write) again and again until the block ends; their errors are
+    kept in `errors`, and `wait()` returns once they have written 20 more times."""
+
+    def __init__(
+        self, url: str, write: Callable[[psycopg.Connection, random.Random, str], None]
+    ) -> None:
+        self.url = url
+        self.write = write
+        self.errors: list[BaseException] = []
+        self.done = 0
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(seed,)) for seed in range(3)
+        ]
+
+    def _run(self, seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                n = 0
+                while not self._stop.is_set():
+                    n += 1
+                    self.write(conn, rng, f"w{seed}-{n}")
+                    self.done += 1
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    def wait(self) -> None:
+        before = self.done
+        wait_until(
+            lambda: self.done > before + 20 or bool(self.errors),
+            "the writers to be writing",
+        )
+
+    def __enter__(self) -> RacingWriters:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+
 def test_the_totals_backfill_is_exact_while_rows_are_inserted_moved_and_deleted(
     pg_server_url: str,
 ) -> None:
@@ -114,71 +161,49 @@ def test_the_totals_backfill_is_exact_while_rows_are_inserted_moved_and_deleted(
             if m.name == "usage_daily_totals_backfill"
         )
         assert migrate.up(url, last - 1)[-1] == last - 1  # triggers, no backfill yet
-        stop = threading.Event()
-        errors: list[BaseException] = []
-        done = [0]
 
-        def writer(seed: int) -> None:
-            rng = random.Random(seed)
-            try:
-                with psycopg.connect(url, autocommit=True) as conn:
-                    n = 0
-                    while not stop.is_set():
-                        n += 1
-                        row = f"go-{rng.randrange(1, HOT_ROWS)}"
-                        choice = rng.randrange(4)
-                        if choice == 0:
-                            conn.execute(
-                                "INSERT INTO usage_records (tenant_id, request_id,"
-                                " model, provider, cost_usd, created_at) VALUES"
-                                " (%s, %s, 'm', 'p', 0.5,"
-                                "  timestamptz '2025-01-01Z' + %s * interval '1 day')",
-                                (
-                                    tenant_id(rng.randrange(HOT_TENANTS) + 1),
-                                    f"w{seed}-{n}",
-                                    rng.randrange(HOT_DAYS),
-                                ),
-                            )
-                        elif choice == 1:
-                            conn.execute(
-                                "UPDATE usage_records SET created_at = created_at"
-                                " + CASE WHEN created_at < '2025-01-02Z'"
-                                " THEN interval '1 day' ELSE interval '-1 day' END"
-                                " WHERE request_id = %s",
-                                (row,),
-                            )
-                        elif choice == 2:
-                            conn.execute(
-                                "UPDATE usage_records SET cost_usd = cost_usd + 1"
-                                " WHERE request_id = %s",
-                                (row,),
-                            )
-                        else:
-                            conn.execute(
-                                "DELETE FROM usage_records WHERE request_id = %s",
-                                (row,),
-                            )
-                        done[0] += 1
-            except BaseException as exc:
-                errors.append(exc)
+        def write(conn: psycopg.Connection, rng: random.Random, name: str) -> None:
+            row = f"go-{rng.randrange(1, HOT_ROWS)}"
+            choice = rng.randrange(4)
+            if choice == 0:
+                conn.execute(
+                    "INSERT INTO usage_records (tenant_id, request_id,"
+                    " model, provider, cost_usd, created_at) VALUES"
+                    " (%s, %s, 'm', 'p', 0.5,"
+                    "  timestamptz '2025-01-01Z' + %s * interval '1 day')",
+                    (
+                        tenant_id(rng.randrange(HOT_TENANTS) + 1),
+                        name,
+                        rng.randrange(HOT_DAYS),
+                    ),
+                )
+            elif choice == 1:
+                conn.execute(
+                    "UPDATE usage_records SET created_at = created_at"
+                    " + CASE WHEN created_at < '2025-01-02Z'"
+                    " THEN interval '1 day' ELSE interval '-1 day' END"
+                    " WHERE request_id = %s",
+                    (row,),
+                )
+            elif choice == 2:
+                conn.execute(
+                    "UPDATE usage_records SET cost_usd = cost_usd + 1"
+                    " WHERE request_id = %s",
+                    (row,),
+                )
+            else:
+                conn.execute(
+                    "DELETE FROM usage_records WHERE request_id = %s",
+                    (row,),
+                )
 
-        def writing(before: int) -> Callable[[], bool]:
-            return lambda: done[0] > before + 20 or bool(errors)
-
-        threads = [threading.Thread(target=writer, args=(s,)) for s in range(3)]
-        for thread in threads:
-            thread.start()
-        try:
+        with RacingWriters(url, write) as writers:
             for _ in range(8):  # 010 again and again, with the writers running
-                wait_until(writing(done[0]), "the writers to be writing")
+                writers.wait()
                 assert migrate.up(url, last) == [last]
                 assert migrate.down(url) == [last]  # 010's down: nothing to undo
             assert migrate.up(url, last) == [last]
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(timeout=60)
-        assert errors == []
+        assert writers.errors == []
         by_rows = rows(
             url,
             "SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date, sum(cost_usd),"
@@ -205,84 +230,62 @@ def test_the_sharded_totals_backfill_is_exact_while_rows_are_inserted_moved_and_
             m.version for m in migrate.available() if m.name == "usage_totals_shards"
         )
         assert migrate.up(url, shards - 1)[-1] == shards - 1  # 009's totals, exact
-        stop = threading.Event()
-        errors: list[BaseException] = []
-        done = [0]
 
-        def writer(seed: int) -> None:
-            rng = random.Random(seed)
-            try:
-                with psycopg.connect(url, autocommit=True) as conn:
-                    n = 0
-                    while not stop.is_set():
-                        n += 1
-                        row = f"go-{rng.randrange(1, HOT_ROWS)}"
-                        choice = rng.randrange(5)
-                        if choice == 0:
-                            conn.execute(
-                                "INSERT INTO usage_records (tenant_id, request_id,"
-                                " model, provider, input_tokens, output_tokens,"
-                                " cost_usd, created_at) VALUES"
-                                " (%s, %s, %s, 'p', 3, 5, 0.5,"
-                                "  timestamptz '2025-01-01Z' + %s * interval '1 day')",
-                                (
-                                    tenant_id(rng.randrange(HOT_TENANTS) + 1),
-                                    f"w{seed}-{n}",
-                                    rng.choice(("m", "m2")),
-                                    rng.randrange(HOT_DAYS),
-                                ),
-                            )
-                        elif choice == 1:
-                            conn.execute(
-                                "UPDATE usage_records SET created_at = created_at"
-                                " + CASE WHEN created_at < '2025-01-02Z'"
-                                " THEN interval '1 day' ELSE interval '-1 day' END"
-                                " WHERE request_id = %s",
-                                (row,),
-                            )
-                        elif choice == 2:
-                            conn.execute(
-                                "UPDATE usage_records SET cost_usd = cost_usd + 1,"
-                                " input_tokens = input_tokens + 7"
-                                " WHERE request_id = %s",
-                                (row,),
-                            )
-                        elif choice == 3:
-                            conn.execute(
-                                "UPDATE usage_records SET model = CASE model"
-                                " WHEN 'm' THEN 'm2' ELSE 'm' END"
-                                " WHERE request_id = %s",
-                                (row,),
-                            )
-                        else:
-                            conn.execute(
-                                "DELETE FROM usage_records WHERE request_id = %s",
-                                (row,),
-                            )
-                        done[0] += 1
-            except BaseException as exc:
-                errors.append(exc)
+        def write(conn: psycopg.Connection, rng: random.Random, name: str) -> None:
+            row = f"go-{rng.randrange(1, HOT_ROWS)}"
+            choice = rng.randrange(5)
+            if choice == 0:
+                conn.execute(
+                    "INSERT INTO usage_records (tenant_id, request_id,"
+                    " model, provider, input_tokens, output_tokens,"
+                    " cost_usd, created_at) VALUES"
+                    " (%s, %s, %s, 'p', 3, 5, 0.5,"
+                    "  timestamptz '2025-01-01Z' + %s * interval '1 day')",
+                    (
+                        tenant_id(rng.randrange(HOT_TENANTS) + 1),
+                        name,
+                        rng.choice(("m", "m2")),
+                        rng.randrange(HOT_DAYS),
+                    ),
+                )
+            elif choice == 1:
+                conn.execute(
+                    "UPDATE usage_records SET created_at = created_at"
+                    " + CASE WHEN created_at < '2025-01-02Z'"
+                    " THEN interval '1 day' ELSE interval '-1 day' END"
+                    " WHERE request_id = %s",
+                    (row,),
+                )
+            elif choice == 2:
+                conn.execute(
+                    "UPDATE usage_records SET cost_usd = cost_usd + 1,"
+                    " input_tokens = input_tokens + 7"
+                    " WHERE request_id = %s",
+                    (row,),
+                )
+            elif choice == 3:
+                conn.execute(
+                    "UPDATE usage_records SET model = CASE model"
+                    " WHEN 'm' THEN 'm2' ELSE 'm' END"
+                    " WHERE request_id = %s",
+                    (row,),
+                )
+            else:
+                conn.execute(
+                    "DELETE FROM usage_records WHERE request_id = %s",
+                    (row,),
+                )
 
-        def writing(before: int) -> Callable[[], bool]:
-            return lambda: done[0] > before + 20 or bool(errors)
-
-        threads = [threading.Thread(target=writer, args=(s,)) for s in range(3)]
-        for thread in threads:
-            thread.start()
-        try:
+        with RacingWriters(url, write) as writers:
             for _ in range(4):  # 012 again and again, with the writers running
-                wait_until(writing(done[0]), "the writers to be writing")
+                writers.wait()
                 assert migrate.up(url, shards) == [shards]
-                wait_until(writing(done[0]), "the writers to be writing")
+                writers.wait()
                 assert migrate.down(url) == [shards]
-            wait_until(writing(done[0]), "the writers to be writing")
+            writers.wait()
             assert migrate.up(url, shards) == [shards]
-            wait_until(writing(done[0]), "the writers to be writing")
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(timeout=60)
-        assert errors == []
+            writers.wait()
+        assert writers.errors == []
         by_rows = rows(url, BY_ROWS)
         assert {model for _, _, model, *_ in by_rows} == {"m", "m2"}
         assert rows(url, BY_TOTALS) == by_rows
