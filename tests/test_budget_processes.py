@@ -12,10 +12,12 @@ four processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -41,12 +43,47 @@ def _count(url: str, sql: str, *params: object) -> int:
         return int(row[0])
 
 
+def _reap(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
 def _amount(url: str, holder: str) -> Decimal:
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
             "SELECT amount FROM budget_leases WHERE holder = %s", (holder,)
         ).fetchone()
         return Decimal(0) if row is None else Decimal(row[0])
+
+
+class LowestLease:
+    """A thread reading the lowest lease amount in the book, over and over, on its
+    own connection, until the block ends (`lowest`: None if it saw no lease)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.lowest: Decimal | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self._stop.is_set():
+                row = conn.execute("SELECT min(amount) FROM budget_leases").fetchone()
+                if row is not None and row[0] is not None:
+                    found = Decimal(row[0])
+                    if self.lowest is None or found < self.lowest:
+                        self.lowest = found
+
+    def __enter__(self) -> LowestLease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
 
 
 def test_four_processes_spend_one_budget_exactly(clean_db: str, tmp_path: Path) -> None:
@@ -82,11 +119,13 @@ def test_four_processes_spend_one_budget_exactly(clean_db: str, tmp_path: Path) 
                     stdout=sink,
                 )
             )
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(_reap, children)
         wait_until(
             lambda: all("ready" in out.read_text() for out in outputs),
             "every process is ready",
         )
+        watch = stack.enter_context(LowestLease(url))
         go.touch()
         victim = children[0]
         holder = outputs[0].read_text().split("\n")[0].split()[1]
@@ -136,11 +175,10 @@ def test_four_processes_spend_one_budget_exactly(clean_db: str, tmp_path: Path) 
         )
         for child in children[1:]:
             assert child.wait(timeout=60) == 0
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
+    # No lease in the book ever fell below 0: the others counted every hold (a
+    # refused lease step once cut a lease below what its process still held).
+    assert watch.lowest is not None
+    assert watch.lowest >= 0
     lines = [line for out in outputs for line in out.read_text().splitlines()]
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
