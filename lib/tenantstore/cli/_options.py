@@ -1,10 +1,11 @@
-"""Options shared by the command groups that argparse has no action for."""
+"""Options and argument types shared by the command groups."""
 
 from __future__ import annotations
 
 import argparse
+import uuid
 
-__all__ = ["Refused"]
+__all__ = ["Refused", "uuid_arg"]
 
 
 class Refused(argparse.Action):
@@ -22,3 +23,15 @@ class Refused(argparse.Action):
         option_string: str | None = None,
     ) -> None:
         setattr(namespace, self.dest, True)
+
+
+def uuid_arg(value: str) -> str:
+    """An argparse type: any UUID spelling, returned in the canonical form.
+
+    The message does not echo the value: a key pasted where an id belongs must not
+    end up on a terminal or in a log.
+    """
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a UUID") from None

@@ -9,7 +9,6 @@ service, psql): when, who, what, and which fields changed (a secret only as
 from __future__ import annotations
 
 import argparse
-import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -18,6 +17,7 @@ from .._audit import LIMIT_MAX, AuditChange, AuditEvent
 from .._sync.postgres import PostgresTenantRepository
 from ._connection import as_pool, connect
 from ._format import print_json, print_table, printable, shorten
+from ._options import uuid_arg
 
 __all__ = ["add_parser"]
 
@@ -34,13 +34,6 @@ def _since(value: str) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment
-
-
-def _entity(value: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a UUID") from None
 
 
 def _limit(value: str) -> int:
@@ -66,7 +59,7 @@ def add_parser(
     listing = actions.add_parser("list", parents=common, help="entries, newest first")
     listing.add_argument(
         "--tenant",
-        type=_entity,
+        type=uuid_arg,
         metavar="ID",
         help="only this tenant's (or admin user's) entries",
     )

@@ -11,7 +11,6 @@ import argparse
 import os
 import re
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -30,6 +29,7 @@ from .._sync.postgres import PostgresTenantRepository
 from ..errors import InvalidInput, TenantNotFound
 from ._connection import actor, as_pool, connect
 from ._format import iso, print_json, print_table, printable, shorten
+from ._options import uuid_arg
 
 __all__ = ["CIPHER_KEYS_ENV", "add_parser"]
 
@@ -47,18 +47,6 @@ _OPTION_OF_FIELD: Final = {
     "default_provider": "--default-provider",
     "fallback_providers": "--fallback",
 }
-
-
-def _tenant_id(value: str) -> str:
-    """An argparse type: any UUID spelling, returned in the canonical form.
-
-    The message does not echo the value: a key pasted where an id belongs must not
-    end up on a terminal or in a log.
-    """
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a UUID") from None
 
 
 _DURATION: Final = re.compile(r"(\d{1,9})([smhd])")
@@ -105,7 +93,7 @@ def add_parser(
         "--json", action="store_true", help="print JSON instead of text"
     )
     one = argparse.ArgumentParser(add_help=False)
-    one.add_argument("id", type=_tenant_id, metavar="ID", help="the tenant's id")
+    one.add_argument("id", type=uuid_arg, metavar="ID", help="the tenant's id")
 
     group = groups.add_parser(
         "tenant",
@@ -146,7 +134,7 @@ def add_parser(
     )
     create.add_argument("--disabled", action="store_true", help="create it disabled")
     create.add_argument(
-        "--id", type=_tenant_id, metavar="UUID", help="its id (default: a new one)"
+        "--id", type=uuid_arg, metavar="UUID", help="its id (default: a new one)"
     )
     create.add_argument(
         "--expires-in",

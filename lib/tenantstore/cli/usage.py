@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -23,6 +22,7 @@ from .._sync.postgres import PostgresTenantRepository, PostgresUsageRepository
 from ..errors import TenantNotFound
 from ._connection import as_pool, connect
 from ._format import print_json, print_table, printable
+from ._options import uuid_arg
 
 __all__ = ["add_parser"]
 
@@ -39,14 +39,6 @@ def _day(value: str) -> date:
         ) from None
 
 
-def _tenant_id(value: str) -> str:
-    """An argparse type: any UUID spelling, canonical; the value is not echoed."""
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a UUID") from None
-
-
 def add_parser(
     groups: argparse._SubParsersAction[argparse.ArgumentParser],
     common: list[argparse.ArgumentParser],
@@ -60,7 +52,7 @@ def add_parser(
     summary = actions.add_parser(
         "summary", parents=common, help="usage by UTC day and model, with totals"
     )
-    summary.add_argument("tenant", type=_tenant_id, metavar="TENANT", help="its id")
+    summary.add_argument("tenant", type=uuid_arg, metavar="TENANT", help="its id")
     summary.add_argument(
         "--since",
         type=_day,
